@@ -1,0 +1,50 @@
+"""Connection strings: Neon's pooled and direct endpoints, and parameters asyncpg cannot take."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import structlog
+
+log = structlog.get_logger("datesync.db")
+
+# libpq parameters that asyncpg rejects as server settings ("unrecognized configuration parameter").
+_UNSUPPORTED = ("channel_binding",)
+
+
+def clean(dsn: str) -> str:
+    """Drop the query parameters asyncpg cannot use (Neon adds channel_binding=require)."""
+    parts = urlsplit(dsn)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    kept = [(k, v) for k, v in query if k not in _UNSUPPORTED]
+    if len(kept) != len(query):
+        dropped = sorted({k for k, _ in query} - {k for k, _ in kept})
+        log.info("dsn_parameter_dropped", parameters=dropped, reason="not supported by asyncpg")
+    return urlunsplit(parts._replace(query=urlencode(kept, safe="/")))
+
+
+def is_pooler(dsn: str) -> bool:
+    """True for a Neon transaction-pooler endpoint (host `…-pooler.…`), which cannot LISTEN."""
+    host = urlsplit(dsn).hostname or ""
+    return "-pooler" in host.split(".")[0]
+
+
+def direct_from(dsn: str) -> str:
+    """The direct endpoint of a Neon pooled DSN: `-pooler` removed from the host's first label."""
+    parts = urlsplit(dsn)
+    host = parts.hostname or ""
+    first, _, rest = host.partition(".")
+    if "-pooler" not in first:
+        return dsn
+    direct_host = first.replace("-pooler", "") + ("." + rest if rest else "")
+    netloc = parts.netloc.replace(host, direct_host, 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def redact(dsn: str) -> str:
+    """The DSN with its password replaced, for logs and error messages."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -1,0 +1,95 @@
+-- Batches: creation, expansion into tasks, cancel, retry and their final state.
+
+-- name: batch_insert
+-- A new batch; the trigger validates it, logs its "queued" event and wakes the daemons.
+INSERT INTO datesync.batch (source, start_date, end_date, force, idempotency_key, requested_by)
+VALUES ($1, $2, $3, $4, $5, $6)
+RETURNING id, source, start_date, end_date, force, state, days, created_at;
+
+-- name: batch_expand_next
+-- Move the oldest queued batch to running and create one task per date in one statement.
+WITH next AS (
+    SELECT id FROM datesync.batch
+    WHERE state = 'queued' AND NOT cancel_requested
+    ORDER BY id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+), started AS (
+    UPDATE datesync.batch b SET state = 'running', started_at = now()
+    FROM next WHERE b.id = next.id
+    RETURNING b.id, b.source, b.start_date, b.end_date, b.force, b.days
+), tasks AS (
+    INSERT INTO datesync.task (batch_id, source, day, force, max_attempts)
+    SELECT s.id, s.source, d::date, s.force, $1
+    FROM started s, generate_series(s.start_date, s.end_date, interval '1 day') AS d
+    RETURNING 1
+)
+SELECT s.id, s.source, s.days, (SELECT count(*) FROM tasks) AS tasks FROM started s;
+
+-- name: batch_cancel_requested
+-- Unfinished batches whose cancel was requested (from the API or psql).
+SELECT id, state FROM datesync.batch
+WHERE cancel_requested AND state IN ('queued', 'running');
+
+-- name: batch_cancel_queued
+-- Cancel a batch that was never expanded.
+UPDATE datesync.batch SET state = 'cancelled', finished_at = now()
+WHERE id = $1 AND state = 'queued' AND cancel_requested
+RETURNING id;
+
+-- name: batch_request_cancel
+-- Ask for a batch to be cancelled; the daemons do the rest. Returns nothing once the batch has ended.
+UPDATE datesync.batch SET cancel_requested = true
+WHERE id = $1 AND state IN ('queued', 'running')
+RETURNING id, state;
+
+-- name: batch_finalize
+-- End the given running batches that have no unfinished task left, with their final counts.
+WITH done AS (
+    SELECT b.id, b.cancel_requested
+    FROM datesync.batch b
+    WHERE b.id = ANY($1::bigint[]) AND b.state = 'running'
+      AND NOT EXISTS (SELECT 1 FROM datesync.task t WHERE t.batch_id = b.id AND t.state IN ('queued', 'running'))
+    FOR UPDATE OF b SKIP LOCKED
+), counts AS (
+    SELECT t.batch_id,
+           count(*) FILTER (WHERE t.state = 'succeeded') AS succeeded,
+           count(*) FILTER (WHERE t.state = 'failed') AS failed,
+           count(*) FILTER (WHERE t.state = 'skipped') AS skipped,
+           count(*) FILTER (WHERE t.state = 'cancelled') AS cancelled
+    FROM datesync.task t JOIN done ON t.batch_id = done.id
+    GROUP BY t.batch_id
+)
+UPDATE datesync.batch b
+SET state = CASE WHEN done.cancel_requested THEN 'cancelled'
+                 WHEN coalesce(c.failed, 0) > 0 THEN 'failed'
+                 ELSE 'succeeded' END::datesync.batch_state,
+    finished_at = now(),
+    succeeded = coalesce(c.succeeded, 0), failed = coalesce(c.failed, 0),
+    skipped = coalesce(c.skipped, 0), cancelled = coalesce(c.cancelled, 0)
+FROM done LEFT JOIN counts c ON c.batch_id = done.id
+WHERE b.id = done.id
+RETURNING b.id, b.state::text AS state, b.days, b.succeeded, b.failed, b.skipped, b.cancelled;
+
+-- name: batch_running_ids
+-- Running batches, for the catch-up scan that finalizes any a crashed daemon left behind.
+SELECT id FROM datesync.batch WHERE state = 'running';
+
+-- name: batch_retry
+-- Requeue a finished batch's failed (and, for a cancelled batch, cancelled) dates; the batch runs again.
+WITH b AS (
+    UPDATE datesync.batch SET state = 'running', cancel_requested = false, finished_at = NULL
+    WHERE id = $1 AND state IN ('failed', 'cancelled')
+      AND EXISTS (SELECT 1 FROM datesync.task t WHERE t.batch_id = $1 AND t.state IN ('failed', 'cancelled'))
+    RETURNING id, started_at
+), t AS (
+    UPDATE datesync.task t
+    SET state = 'queued', attempt = 0, run_after = now(), error = NULL, finished_at = NULL
+    FROM b WHERE t.batch_id = b.id AND t.state IN ('failed', 'cancelled')
+    RETURNING t.id
+)
+SELECT b.id, (SELECT count(*) FROM t) AS requeued FROM b;
+
+-- name: batch_get
+-- One batch with live counts.
+SELECT * FROM datesync.batch_progress WHERE batch_id = $1;

@@ -1,0 +1,110 @@
+"""A dedicated LISTEN connection that notices when it drops, reconnects with capped backoff and re-LISTENs.
+
+A notification is only a hint: after every (re)connect `on_connect` runs so that the owner rescans the tables
+for anything it missed while the connection was down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import asyncpg
+import structlog
+
+from daemon.db import dsn as dsns
+from daemon.db.connect import DB_ERRORS, connect
+from daemon.errors import SettingsError
+
+log = structlog.get_logger("datesync.listener")
+
+NotifyCallback = Callable[[str, str], None]
+ConnectCallback = Callable[[], Awaitable[None]]
+
+
+class Listener:
+    """LISTEN on `channels` through `dsn` until stopped; survives drops of the connection."""
+
+    def __init__(
+        self,
+        dsn: str,
+        channels: Sequence[str],
+        on_notify: NotifyCallback,
+        on_connect: ConnectCallback | None = None,
+        *,
+        application_name: str = "datesync-listener",
+        ping_interval: float = 15.0,
+        max_backoff: float = 30.0,
+    ) -> None:
+        if dsns.is_pooler(dsn):
+            raise SettingsError(
+                "LISTEN needs a direct connection, but the URL is a Neon -pooler endpoint; set "
+                "DATABASE_DIRECT_URL to the direct endpoint"
+            )
+        self.dsn = dsn
+        self.channels = tuple(channels)
+        self.on_notify = on_notify
+        self.on_connect = on_connect
+        self.application_name = application_name
+        self.ping_interval = ping_interval
+        self.max_backoff = max_backoff
+        self.connected = asyncio.Event()
+        self.reconnects = 0
+        self.backend_pid: int | None = None
+
+    async def run(self) -> None:
+        """Hold the connection; return only when cancelled."""
+        backoff = 0.25
+        failures = 0
+        down_since: float | None = None
+        while True:
+            conn: asyncpg.Connection | None = None
+            lost = asyncio.Event()
+            try:
+                conn = await connect(self.dsn, self.application_name)
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+                for channel in self.channels:
+                    await conn.add_listener(channel, self._dispatch)
+                self.backend_pid = conn.get_server_pid()
+                if down_since is not None:
+                    self.reconnects += 1
+                    log.info("listener_reconnected", attempts=failures,
+                             down_s=round(time.monotonic() - down_since, 2))
+                else:
+                    log.info("listener_connected", channels=list(self.channels))
+                failures, backoff, down_since = 0, 0.25, None
+                self.connected.set()
+                if self.on_connect is not None:
+                    await self.on_connect()
+                await self._watch(conn, lost)
+            except asyncio.CancelledError:
+                raise
+            except DB_ERRORS as exc:
+                failures += 1
+                if down_since is None:
+                    down_since = time.monotonic()
+                    log.warning("listener_connection_lost", error=f"{type(exc).__name__}: {exc}")
+                else:
+                    log.debug("listener_reconnect_failed", attempt=failures, error=str(exc))
+            finally:
+                self.connected.clear()
+                if conn is not None and not conn.is_closed():
+                    conn.terminate()
+            if down_since is None:
+                down_since = time.monotonic()
+                log.warning("listener_connection_lost", error="connection closed")
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+            backoff = min(backoff * 2, self.max_backoff)
+
+    async def _watch(self, conn: asyncpg.Connection, lost: asyncio.Event) -> None:
+        # The termination listener sees a closed socket at once; the ping finds a half-open one.
+        while not lost.is_set():
+            try:
+                await asyncio.wait_for(lost.wait(), self.ping_interval)
+            except TimeoutError:
+                await asyncio.wait_for(conn.execute("SELECT 1"), timeout=10)
+
+    def _dispatch(self, _conn: object, _pid: int, channel: str, payload: object) -> None:
+        self.on_notify(channel, str(payload))

@@ -1,0 +1,77 @@
+"""Start-up shared by every command: find the database (embedded when no DATABASE_URL), wait for it, migrate,
+and record what the database's own checks need."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Mapping
+
+import asyncpg
+import structlog
+
+from daemon.db import dsn as dsns
+from daemon.db.connect import wait_until_reachable
+from daemon.db.migrate import migrate
+from daemon.db.queries import q
+from daemon.embedded import EmbeddedPostgres
+from daemon.settings import Settings
+
+log = structlog.get_logger("datesync.runtime")
+
+STARTUP_TIMEOUT = 60.0  # how long start-up waits for an unreachable database before giving up
+
+
+@dataclasses.dataclass
+class Database:
+    """Where the database is: the DSN for queries and the direct one for LISTEN."""
+
+    dsn: str
+    direct_dsn: str
+    embedded: EmbeddedPostgres | None = None
+
+
+def direct_dsn_for(settings: Settings, dsn: str) -> str:
+    if settings.database_direct_url:
+        return settings.database_direct_url
+    direct = dsns.direct_from(dsn)
+    if direct != dsn:
+        log.info("direct_url_derived", direct_url=dsns.redact(direct),
+                 reason="DATABASE_URL is a Neon -pooler endpoint, which cannot LISTEN")
+    return direct
+
+
+@contextlib.asynccontextmanager
+async def database(settings: Settings, *, own_embedded: bool = True) -> AsyncIterator[Database]:
+    """The database for this process. With no DATABASE_URL, the embedded server in DATESYNC_DATA_DIR: started
+    (and stopped on exit) when `own_embedded`, else only joined when another datesync process runs it."""
+    if settings.database_url:
+        yield Database(settings.database_url, direct_dsn_for(settings, settings.database_url))
+        return
+    server = EmbeddedPostgres(settings.data_dir)
+    if not own_embedded and server.running_pid() is not None:
+        yield Database(server.dsn(), server.dsn())
+        return
+    dsn = await asyncio.to_thread(server.start)
+    try:
+        yield Database(dsn, dsn, server)
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+async def prepare(db: Database, settings: Settings, sources: Mapping[str, str]) -> None:
+    """Wait for the database, apply migrations, and register settings and sources."""
+    conn = await wait_until_reachable(db.dsn, STARTUP_TIMEOUT, "datesync-migrate")
+    try:
+        await migrate_and_register(conn, settings, sources)
+    finally:
+        await conn.close()
+
+
+async def migrate_and_register(conn: asyncpg.Connection, settings: Settings, sources: Mapping[str, str]) -> None:
+    await migrate(conn)
+    await conn.execute(q("setting_upsert"), "max_range_days", str(settings.max_range_days))
+    await conn.execute(q("setting_upsert"), "timezone", settings.timezone)
+    for name, handler in sources.items():
+        await conn.execute(q("source_register"), name, handler)

@@ -1,0 +1,174 @@
+"""One frozen, validated settings object built from the environment (DESIGN.md's contract table)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
+from datetime import time
+from pathlib import Path
+from typing import TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from daemon.errors import SettingsError
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the daemon and web need to know, read once at start."""
+
+    database_url: str | None = None
+    database_direct_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    handler: str = "demo"
+    concurrency: int = 4
+    max_attempts: int = 3
+    task_timeout: float = 900.0
+    retry_delay: float = 10.0
+    lease: float = 60.0
+    max_range_days: int = 3660
+    timezone: str = "UTC"
+    schedule: time | None = None
+    api_token: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    poll_interval: float = 30.0
+    keepawake: bool = False
+    data_dir: Path = Path(".datesync")
+    log_format: str = "console"
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def pool_size(self) -> int:
+        """Connections for ordinary queries: one per concurrent date plus two for the loop and web."""
+        return self.concurrency + 2
+
+    def replace(self, **changes: object) -> Settings:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from environment variables; raise SettingsError naming the bad variable."""
+        env = os.environ if env is None else env
+        r = _Reader(env)
+        return cls(
+            database_url=r.text("DATABASE_URL"),
+            database_direct_url=r.text("DATABASE_DIRECT_URL"),
+            host=r.text("HOST") or "127.0.0.1",
+            port=r.parse("PORT", 8000, _int_between(1, 65535)),
+            handler=r.text("DATESYNC_HANDLER") or "demo",
+            concurrency=r.parse("DATESYNC_CONCURRENCY", 4, _int_between(1, 1000)),
+            max_attempts=r.parse("DATESYNC_MAX_ATTEMPTS", 3, _int_between(1, 100)),
+            task_timeout=r.parse("DATESYNC_TASK_TIMEOUT", 900.0, _positive_float),
+            retry_delay=r.parse("DATESYNC_RETRY_DELAY", 10.0, _non_negative_float),
+            lease=r.parse("DATESYNC_LEASE", 60.0, _lease),
+            max_range_days=r.parse("DATESYNC_MAX_RANGE_DAYS", 3660, _int_between(1, 100_000)),
+            timezone=r.parse("DATESYNC_TIMEZONE", "UTC", _timezone),
+            schedule=r.parse("DATESYNC_SCHEDULE", None, _hh_mm),
+            api_token=r.text("DATESYNC_API_TOKEN"),
+            cors_origins=tuple(o.strip() for o in (r.text("DATESYNC_CORS_ORIGINS") or "").split(",") if o.strip()),
+            poll_interval=r.parse("DATESYNC_POLL_INTERVAL", 30.0, _positive_float),
+            keepawake=r.parse("DATESYNC_KEEPAWAKE", False, _bool),
+            data_dir=Path(r.text("DATESYNC_DATA_DIR") or ".datesync"),
+            log_format=r.parse("LOG_FORMAT", "console" if sys.stderr.isatty() else "json", _log_format),
+        )
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def text(self, name: str) -> str | None:
+        value = self.env.get(name, "").strip()
+        return value or None
+
+    def parse(self, name: str, default: T, convert: Callable[[str], T]) -> T:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            return convert(raw)
+        except ValueError as exc:
+            raise SettingsError(f"{name}={raw!r} is invalid: {exc}") from None
+
+
+def _int_between(low: int, high: int) -> Callable[[str], int]:
+    def convert(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError("expected a whole number") from None
+        if not low <= value <= high:
+            raise ValueError(f"expected a whole number from {low} to {high}")
+        return value
+
+    return convert
+
+
+def _float(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("expected a number of seconds") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError("expected a finite number of seconds")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = _float(raw)
+    if value <= 0:
+        raise ValueError("expected a number of seconds above 0")
+    return value
+
+
+def _non_negative_float(raw: str) -> float:
+    value = _float(raw)
+    if value < 0:
+        raise ValueError("expected a number of seconds, 0 or more")
+    return value
+
+
+def _lease(raw: str) -> float:
+    value = _float(raw)
+    # Heartbeats run at a third of the lease; below 1 s they would hammer the database.
+    if value < 1:
+        raise ValueError("expected at least 1 second")
+    return value
+
+
+def _timezone(raw: str) -> str:
+    try:
+        ZoneInfo(raw)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("expected an IANA time zone such as UTC or Asia/Shanghai") from None
+    return raw
+
+
+def _hh_mm(raw: str) -> time:
+    match = re.fullmatch(r"([01]\d|2[0-3]):([0-5]\d)", raw)
+    if not match:
+        raise ValueError("expected HH:MM, 24-hour, such as 02:30")
+    return time(int(match.group(1)), int(match.group(2)))
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected 1 or 0")
+
+
+def _log_format(raw: str) -> str:
+    if raw not in ("console", "json"):
+        raise ValueError("expected console or json")
+    return raw

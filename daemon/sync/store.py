@@ -1,0 +1,150 @@
+"""The daemon's database operations: one method per transition, each one transaction, events written last."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import asyncpg
+
+from daemon.db.connect import Conn
+from daemon.db.queries import q
+from daemon.sync.outcome import Kind, Outcome
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Claimed:
+    id: int
+    batch_id: int
+    source: str
+    day: datetime.date
+    state: str
+    attempt: int
+    max_attempts: int
+
+
+async def _insert_task_events(conn: Conn, rows: Sequence[asyncpg.Record]) -> None:
+    if not rows:
+        return
+    await conn.execute(
+        q("event_insert_tasks"),
+        [r["batch_id"] for r in rows],
+        [r["id"] for r in rows],
+        [r["day"] for r in rows],
+        [r["state"] for r in rows],
+        [r["attempt"] for r in rows],
+        [r.get("error") for r in rows],
+    )
+
+
+class Store:
+    """Every statement the daemon runs, against one pool."""
+
+    def __init__(self, pool: asyncpg.Pool, worker: str, lease: float) -> None:
+        self.pool = pool
+        self.worker = worker
+        self.lease = lease
+
+    async def expand_next_batch(self, max_attempts: int) -> asyncpg.Record | None:
+        """Expand the oldest queued batch into tasks; None when there is none."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row: asyncpg.Record | None = await conn.fetchrow(q("batch_expand_next"), max_attempts)
+            if row is not None:
+                await conn.execute(q("event_insert_batch"), row["id"], "running", {"days": row["days"]})
+            return row
+
+    async def claim(self, limit: int, sources: Sequence[str]) -> list[Claimed]:
+        """Lease up to `limit` runnable tasks (skipped ones are finished on the spot and returned too)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(q("task_claim"), self.worker, limit, self.lease, list(sources))
+            await _insert_task_events(conn, rows)
+        return [
+            Claimed(r["id"], r["batch_id"], r["source"], r["day"], r["state"], r["attempt"], r["max_attempts"])
+            for r in rows
+        ]
+
+    async def finish(self, outcomes: Sequence[Outcome]) -> list[asyncpg.Record]:
+        """Write the outcomes of attempts in one transaction; returns the rows actually changed."""
+        ending = [o for o in outcomes if o.kind not in (Kind.RELEASED, Kind.LOST)]
+        released = [o.task_id for o in outcomes if o.kind is Kind.RELEASED]
+        changed: list[asyncpg.Record] = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            if ending:
+                changed += await conn.fetch(
+                    q("task_finish_many"),
+                    self.worker,
+                    [o.task_id for o in ending],
+                    [o.row_state for o in ending],
+                    [o.error for o in ending],
+                    [o.rows for o in ending],
+                    [o.retry_in or 0.0 for o in ending],
+                )
+            if released:
+                changed += await conn.fetch(q("task_release"), self.worker, released)
+            await _insert_task_events(conn, changed)
+        return changed
+
+    async def heartbeat(self) -> dict[int, bool]:
+        """Renew our leases; {task id: cancel requested} for every task we still hold."""
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(q("task_heartbeat"), self.worker, self.lease)
+        return {r["id"]: r["cancel_requested"] for r in rows}
+
+    async def requeue_expired(self) -> list[asyncpg.Record]:
+        """Take back tasks whose lease ran out; those out of attempts fail and their day says so."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(q("task_requeue_expired"))
+            failed = [r for r in rows if r["state"] == "failed"]
+            if failed:
+                await conn.execute(
+                    q("day_mark_failed"),
+                    [r["source"] for r in failed], [r["day"] for r in failed], [r["error"] for r in failed],
+                )
+            await _insert_task_events(conn, rows)
+        return list(rows)
+
+    async def cancel_requested(self) -> list[asyncpg.Record]:
+        """Unfinished batches whose cancel was requested."""
+        async with self.pool.acquire() as conn:
+            return list(await conn.fetch(q("batch_cancel_requested")))
+
+    async def cancel_batch(self, batch_id: int, state: str) -> None:
+        """Cancel a batch's queued work: the whole batch if never expanded, else its queued tasks."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            if state == "queued":
+                if await conn.fetchval(q("batch_cancel_queued"), batch_id) is not None:
+                    await conn.execute(q("event_insert_batch"), batch_id, "cancelled", {"final": True})
+                return
+            rows = await conn.fetch(q("task_cancel_queued"), [batch_id])
+            await _insert_task_events(conn, rows)
+
+    async def running_batches(self) -> list[int]:
+        async with self.pool.acquire() as conn:
+            return [r["id"] for r in await conn.fetch(q("batch_running_ids"))]
+
+    async def finalize(self, batch_ids: Iterable[int]) -> list[asyncpg.Record]:
+        """End the given batches that have nothing left to run; returns the ended ones."""
+        ids = sorted(set(batch_ids))
+        if not ids:
+            return []
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(q("batch_finalize"), ids)
+            for r in rows:
+                data: dict[str, Any] = {k: r[k] for k in ("days", "succeeded", "failed", "skipped", "cancelled")}
+                data["final"] = True
+                await conn.execute(q("event_insert_batch"), r["id"], r["state"], data)
+        return list(rows)
+
+    async def seconds_until_next_task(self) -> float | None:
+        async with self.pool.acquire() as conn:
+            wait: datetime.timedelta | None = await conn.fetchval(q("task_next_run_after"))
+        return None if wait is None else max(wait.total_seconds(), 0.0)
+
+    async def write_progress(self, task: Claimed, done: int, total: int, note: str | None) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                q("event_insert_progress"), task.batch_id, task.id, task.day, task.attempt,
+                {"progress": {"done": done, "total": total, "note": note}},
+            )

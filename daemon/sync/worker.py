@@ -1,0 +1,332 @@
+"""The daemon's run loop: wake, expand batches, claim dates under a bounded number of slots, run handlers,
+renew leases, write outcomes, and hand work back on shutdown.
+
+One asyncio task per running date; a finisher task writes outcomes in batches (one transaction for all that
+finished since its last write); a heartbeat task renews leases and notices cancels and takeovers. A NOTIFY or a
+finished date only wakes the loop early: the loop itself rescans the tables on start, on every listener
+(re)connect and every `poll_interval` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import secrets
+import socket
+import time
+from collections.abc import Mapping
+
+import asyncpg
+import structlog
+
+from daemon.db.connect import DB_ERRORS
+from daemon.listener import Listener
+from daemon.settings import Settings
+from daemon.sync.context import SyncContext
+from daemon.sync.handlers import Handler
+from daemon.sync.outcome import Kind, Outcome, error_text, retry_delay
+from daemon.sync.store import Claimed, Store
+
+log = structlog.get_logger("datesync.daemon")
+
+BATCH_CHANNEL = "datesync_batch"
+
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+@dataclasses.dataclass
+class Running:
+    claimed: Claimed
+    task: asyncio.Task[None]
+    stop_as: Kind | None = None  # why we cancelled it: CANCELLED, RELEASED or LOST
+
+
+class Daemon:
+    """Runs the dates of the configured sources until stopped."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        handlers: Mapping[str, Handler],
+        direct_dsn: str,
+        *,
+        worker_id: str | None = None,
+        grace: float = 20.0,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.handlers = dict(handlers)
+        self.worker = worker_id or new_worker_id()
+        self.grace = grace
+        self.store = Store(pool, self.worker, settings.lease)
+        self.listener = Listener(direct_dsn, [BATCH_CHANNEL], self._on_notify, self._on_listener_connect,
+                                 application_name="datesync-daemon-listener")
+        self.running: dict[int, Running] = {}
+        self._outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
+        self._wake = asyncio.Event()
+        self._full_scan = True
+        self._stopping = asyncio.Event()
+        self._idle = asyncio.Event()  # set whenever no date is running
+        self._idle.set()
+        self.started_at = time.monotonic()
+
+    # -- control ------------------------------------------------------------------------------------
+
+    def wake(self, full: bool = True) -> None:
+        """Look for work now (called on NOTIFY, by an in-process web app after a commit, or a slot freeing)."""
+        if full:
+            self._full_scan = True
+        self._wake.set()
+
+    def request_stop(self) -> None:
+        """Stop claiming; running dates get `grace` seconds, then are handed back."""
+        if not self._stopping.is_set():
+            log.info("daemon_stopping", running=len(self.running), grace_s=self.grace)
+        self._stopping.set()
+        self._wake.set()
+
+    @property
+    def listener_connected(self) -> bool:
+        return self.listener.connected.is_set()
+
+    async def run(self) -> None:
+        """Run until request_stop(); a crashed side task (listener, heartbeat, finisher) stops everything."""
+        for handler in self.handlers.values():
+            if handler.setup is not None:
+                await handler.setup(self.pool)
+        log.info("daemon_started", worker=self.worker, concurrency=self.settings.concurrency,
+                 sources=sorted(self.handlers))
+        side = [
+            asyncio.create_task(self.listener.run(), name="listener"),
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._finisher_loop(), name="finisher"),
+        ]
+        main = asyncio.create_task(self._main_loop(), name="main")
+        try:
+            done, _ = await asyncio.wait([main, *side], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not main and not task.cancelled() and task.exception() is not None:
+                    log.error("daemon_side_task_crashed", task=task.get_name(), exc_info=task.exception())
+                    self.request_stop()
+            await main
+            await self._drain()
+        finally:
+            for task in [main, *side]:
+                task.cancel()
+            await asyncio.gather(main, *side, return_exceptions=True)
+            for handler in self.handlers.values():
+                if handler.close is not None:
+                    with contextlib.suppress(Exception):
+                        await handler.close()
+            log.info("daemon_stopped", worker=self.worker)
+
+    # -- loop ---------------------------------------------------------------------------------------
+
+    async def _main_loop(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            self._wake.clear()
+            timeout = self.settings.poll_interval
+            try:
+                if self._full_scan:
+                    self._full_scan = False
+                    await self._scan()
+                await self._claim()
+                if len(self.running) < self.settings.concurrency:
+                    nxt = await self.store.seconds_until_next_task()
+                    if nxt is not None:
+                        timeout = min(timeout, max(nxt, 0.01))
+                if failures:
+                    log.info("daemon_database_recovered", after_failures=failures)
+                failures = 0
+            except DB_ERRORS as exc:
+                failures += 1
+                self._full_scan = True
+                if failures == 1:
+                    log.warning("daemon_database_error", error=error_text(exc))
+                timeout = min(0.25 * 2**failures, 10.0)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+            if not self._wake.is_set():
+                self._full_scan = True  # the safety poll: a missed NOTIFY costs at most poll_interval
+
+    async def _scan(self) -> None:
+        """The catch-up scan: everything a NOTIFY might have told us, read from the tables."""
+        while not self._stopping.is_set():
+            expanded = await self.store.expand_next_batch(self.settings.max_attempts)
+            if expanded is None:
+                break
+            log.info("batch_expanded", batch_id=expanded["id"], days=expanded["days"], source=expanded["source"])
+        for row in await self.store.cancel_requested():
+            await self.store.cancel_batch(row["id"], row["state"])
+            for running in self.running.values():
+                if running.claimed.batch_id == row["id"]:
+                    self._stop_task(running, Kind.CANCELLED)
+        for row in await self.store.requeue_expired():
+            log.warning("task_lease_expired", batch_id=row["batch_id"], day=str(row["day"]), state=row["state"],
+                        attempt=row["attempt"])
+        await self._finalize(await self.store.running_batches())
+
+    async def _claim(self) -> None:
+        sources = list(self.handlers)
+        while not self._stopping.is_set():
+            free = self.settings.concurrency - len(self.running)
+            if free <= 0:
+                return
+            try:
+                claimed = await self.store.claim(free, sources)
+            except asyncpg.UniqueViolationError:
+                # Another daemon started the same (source, day) a moment ago; the index refused ours.
+                await asyncio.sleep(0.005)
+                continue
+            for task in claimed:
+                if task.state == "skipped":
+                    log.info("date_sync_skipped", batch_id=task.batch_id, day=str(task.day))
+                else:
+                    self._start(task)
+            if any(t.state == "skipped" for t in claimed):
+                await self._finalize({t.batch_id for t in claimed})
+            if len(claimed) < free:
+                return
+
+    def _start(self, claimed: Claimed) -> None:
+        task = asyncio.create_task(self._run_one(claimed), name=f"date-{claimed.source}-{claimed.day}")
+        self.running[claimed.id] = Running(claimed, task)
+        self._idle.clear()
+
+    async def _run_one(self, c: Claimed) -> None:
+        structlog.contextvars.bind_contextvars(batch_id=c.batch_id, day=c.day.isoformat(), attempt=c.attempt,
+                                               source=c.source)
+        handler = self.handlers[c.source]
+        started = time.monotonic()
+        log.info("date_sync_started")
+        outcome: Outcome
+        try:
+            async with self.pool.acquire() as conn:
+                ctx = SyncContext(
+                    day=c.day, db=conn, log=log.bind(), attempt=c.attempt, batch_id=c.batch_id, source=c.source,
+                    task_id=c.id, worker=self.worker,
+                    _write_progress=lambda done, total, note: self.store.write_progress(c, done, total, note),
+                )
+                async with asyncio.timeout(self.settings.task_timeout):
+                    result = await handler.sync(c.day, ctx)
+            if result is not None and (not isinstance(result, int) or isinstance(result, bool)):
+                raise TypeError(f"the handler returned {type(result).__name__}; expected an int or None")
+            outcome = Outcome(c.id, c.batch_id, Kind.SUCCEEDED, rows=result)
+            log.info("date_sync_succeeded", rows=result, seconds=round(time.monotonic() - started, 3))
+        except asyncio.CancelledError:
+            stop_as = self.running[c.id].stop_as if c.id in self.running else None
+            if stop_as is None:
+                raise  # not ours: the process is going down hard
+            error = "cancelled: its batch was cancelled" if stop_as is Kind.CANCELLED else None
+            outcome = Outcome(c.id, c.batch_id, stop_as, error=error)
+            log.info("date_sync_interrupted", reason=stop_as.value)
+        except TimeoutError as exc:
+            outcome = self._failure(c, f"timed out after {self.settings.task_timeout:g} s", exc)
+        except Exception as exc:
+            outcome = self._failure(c, error_text(exc), exc)
+        await self._outcomes.put(outcome)
+
+    def _failure(self, c: Claimed, message: str, exc: BaseException) -> Outcome:
+        if c.attempt < c.max_attempts:
+            delay = retry_delay(self.settings.retry_delay, c.attempt)
+            log.warning("date_sync_failed_will_retry", error=message, retry_in_s=round(delay, 2), exc_info=exc)
+            return Outcome(c.id, c.batch_id, Kind.FAILED, error=message, retry_in=delay)
+        log.error("date_sync_failed", error=message, exc_info=exc)
+        return Outcome(c.id, c.batch_id, Kind.FAILED, error=message)
+
+    def _stop_task(self, running: Running, kind: Kind) -> None:
+        if running.stop_as is None and not running.task.done():
+            running.stop_as = kind
+            running.task.cancel()
+
+    # -- side tasks ---------------------------------------------------------------------------------
+
+    async def _finisher_loop(self) -> None:
+        while True:
+            batch = [await self._outcomes.get()]
+            while not self._outcomes.empty():
+                batch.append(self._outcomes.get_nowait())
+            await self._write_outcomes(batch)
+
+    async def _write_outcomes(self, batch: list[Outcome]) -> None:
+        failures = 0
+        while True:
+            try:
+                changed = await self.store.finish(batch)
+                break
+            except DB_ERRORS as exc:
+                # Keep the outcomes until the database takes them; meanwhile the slots stay taken. If our
+                # lease runs out first, the guarded update writes nothing and the takeover stands.
+                failures += 1
+                if failures == 1:
+                    log.warning("finish_write_failed_retrying", error=error_text(exc), outcomes=len(batch))
+                await asyncio.sleep(min(0.25 * 2**failures, 5.0))
+        for outcome in batch:
+            self.running.pop(outcome.task_id, None)
+        if not self.running:
+            self._idle.set()
+        ended = {r["batch_id"] for r in changed if r["state"] not in ("queued", "running")}
+        with contextlib.suppress(*DB_ERRORS):
+            await self._finalize(ended)
+        self.wake(full=False)
+
+    async def _finalize(self, batch_ids: set[int] | list[int]) -> None:
+        for row in await self.store.finalize(batch_ids):
+            log.info("batch_finished", batch_id=row["id"], state=row["state"], succeeded=row["succeeded"],
+                     failed=row["failed"], skipped=row["skipped"], cancelled=row["cancelled"])
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.settings.lease / 3
+        while True:
+            await asyncio.sleep(interval)
+            if not self.running:
+                continue
+            try:
+                held = await self.store.heartbeat()
+            except DB_ERRORS as exc:
+                log.warning("heartbeat_failed", error=error_text(exc))
+                continue
+            for task_id, running in list(self.running.items()):
+                if task_id not in held:
+                    if not running.task.done():
+                        log.warning("task_lease_lost", task_id=task_id, day=str(running.claimed.day))
+                    self._stop_task(running, Kind.LOST)
+                elif held[task_id]:
+                    self._stop_task(running, Kind.CANCELLED)
+
+    def _on_notify(self, channel: str, payload: str) -> None:
+        self.wake(full=True)
+
+    async def _on_listener_connect(self) -> None:
+        self.wake(full=True)
+
+    # -- shutdown -----------------------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        """Give running dates the grace period, then hand the rest back and write every outcome."""
+        tasks = [r.task for r in self.running.values()]
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=self.grace)
+            for running in list(self.running.values()):
+                if running.task in pending:
+                    self._stop_task(running, Kind.RELEASED)
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        # Let the finisher write what is queued; then write anything left ourselves.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), 5)
+        leftovers: list[Outcome] = []
+        while not self._outcomes.empty():
+            leftovers.append(self._outcomes.get_nowait())
+        if leftovers:
+            await self._write_outcomes(leftovers)
+        if self.running:
+            log.warning("daemon_stopped_with_unwritten_tasks", tasks=sorted(self.running))

@@ -1,0 +1,24 @@
+import pytest
+
+from daemon.db.queries import all_queries, parse, q
+
+
+def test_parse_names_blocks_and_drops_description_lines() -> None:
+    text = "-- header text\n-- name: a_get\n-- Reads a.\nSELECT 1;\n\n-- name: b_put\nUPDATE b SET x = 1;\n"
+    assert parse(text) == {"a_get": "SELECT 1", "b_put": "UPDATE b SET x = 1"}
+
+
+def test_parse_rejects_duplicates_and_empty_blocks() -> None:
+    with pytest.raises(ValueError, match="twice"):
+        parse("-- name: a\nSELECT 1;\n-- name: a\nSELECT 2;\n")
+    with pytest.raises(ValueError, match="empty"):
+        parse("-- name: a\n-- only a description\n")
+
+
+def test_shipped_queries_load_and_follow_the_naming_rule() -> None:
+    queries = all_queries()
+    assert {"batch_insert", "task_claim", "task_finish_many", "event_insert_tasks"} <= set(queries)
+    for name in queries:
+        assert "_" in name, name  # entity_verb
+    with pytest.raises(KeyError, match="no query named"):
+        q("nope")

@@ -1,0 +1,21 @@
+"""What the web app is given by the process that serves it."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import asyncpg
+
+from daemon.settings import Settings
+
+
+@dataclasses.dataclass
+class AppState:
+    settings: Settings
+    pool: asyncpg.Pool
+    direct_dsn: str
+    # Set when a daemon runs in this process (`datesync run`): wake it right after a commit, and report its
+    # listener in /readyz.
+    wake_daemon: Callable[[], None] | None = None
+    daemon_listener_connected: Callable[[], bool] | None = None
