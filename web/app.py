@@ -1,20 +1,33 @@
-"""The Starlette application."""
+"""The Starlette application: health, the JSON API under /api/v1/sync-status, the event streams and the page."""
 
 from __future__ import annotations
 
-from starlette.applications import Starlette
-from starlette.routing import Route
+import contextlib
+from collections.abc import AsyncIterator
 
-from web import health
+from starlette.applications import Starlette
+from starlette.routing import Mount, Route
+
+from web import api, events, gaps, health, page
 from web.state import AppState
+
+API_PREFIX = "/api/v1/sync-status"
 
 
 def create_app(state: AppState) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with events.lifespan(state):
+            yield
+
     app = Starlette(
         routes=[
             Route("/healthz", health.healthz, methods=["GET"]),
             Route("/readyz", health.readyz, methods=["GET"]),
+            Mount(API_PREFIX, routes=[*api.routes, *events.routes, *gaps.routes]),
+            *page.routes,
         ],
+        lifespan=lifespan,
     )
     app.state.datesync = state
     return app

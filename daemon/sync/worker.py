@@ -16,7 +16,8 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any
 
 import asyncpg
 import structlog
@@ -56,12 +57,18 @@ class Daemon:
         handlers: Mapping[str, Handler],
         direct_dsn: str,
         *,
+        source_caps: Mapping[str, int] | None = None,
+        side_tasks: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
         worker_id: str | None = None,
         grace: float = 20.0,
     ) -> None:
+        """`source_caps` limits how many dates of a source run at once in this daemon (within `concurrency`);
+        `side_tasks` are extra loops (the schedule) supervised like the listener: if one dies, the daemon stops."""
         self.settings = settings
         self.pool = pool
         self.handlers = dict(handlers)
+        self.source_caps = dict(source_caps or {})
+        self.side_tasks = list(side_tasks)
         self.worker = worker_id or new_worker_id()
         self.grace = grace
         self.store = Store(pool, self.worker, settings.lease)
@@ -106,6 +113,7 @@ class Daemon:
             asyncio.create_task(self.listener.run(), name="listener"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._finisher_loop(), name="finisher"),
+            *(asyncio.create_task(fn(), name=getattr(fn, "__name__", "side")) for fn in self.side_tasks),
         ]
         main = asyncio.create_task(self._main_loop(), name="main")
         try:
@@ -174,11 +182,23 @@ class Daemon:
                         attempt=row["attempt"])
         await self._finalize(await self.store.running_batches())
 
+    def _claimable_sources(self) -> tuple[list[str], int]:
+        """Sources with room under their cap, and how many dates we may claim in one round."""
+        free = self.settings.concurrency - len(self.running)
+        if not self.source_caps:
+            return list(self.handlers), free
+        busy: dict[str, int] = {}
+        for r in self.running.values():
+            busy[r.claimed.source] = busy.get(r.claimed.source, 0) + 1
+        room = {s: self.source_caps.get(s, free) - busy.get(s, 0) for s in self.handlers}
+        open_sources = [s for s, n in room.items() if n > 0]
+        # One round claims for all open sources at once; a capped source may then take at most its room.
+        return open_sources, min([free, *(room[s] for s in open_sources)]) if open_sources else 0
+
     async def _claim(self) -> None:
-        sources = list(self.handlers)
         while not self._stopping.is_set():
-            free = self.settings.concurrency - len(self.running)
-            if free <= 0:
+            sources, free = self._claimable_sources()
+            if free <= 0 or not sources:
                 return
             try:
                 claimed = await self.store.claim(free, sources)
