@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import asyncpg
 import structlog
 
+from daemon import metrics
 from daemon.db import dsn as dsns
 from daemon.db.connect import DB_ERRORS, connect
 from daemon.errors import SettingsError
@@ -70,6 +71,7 @@ class Listener:
                 self.backend_pid = conn.get_server_pid()
                 if down_since is not None:
                     self.reconnects += 1
+                    metrics.LISTENER_RECONNECTS.labels(self.application_name).inc()
                     log.info("listener_reconnected", attempts=failures,
                              down_s=round(time.monotonic() - down_since, 2))
                 else:

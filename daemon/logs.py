@@ -57,5 +57,8 @@ def configure(log_format: str = "console", level: int = logging.INFO) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "asyncpg"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
-    # One line per request is noise at INFO for an SSE-heavy server; errors still come through.
+    # One line per request is noise at INFO for an SSE-heavy server; errors still come through. httpx logs each
+    # request's URL at INFO, and an upstream URL may carry a key in its query string.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)

@@ -13,6 +13,7 @@ from typing import TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from daemon.errors import SettingsError
+from daemon.sources import SourceSpec, configured, parse_sources
 
 T = TypeVar("T")
 
@@ -34,16 +35,25 @@ class Settings:
     max_range_days: int = 3660
     timezone: str = "UTC"
     schedule: time | None = None
+    schedule_lookback: int = 0
+    sources: tuple[SourceSpec, ...] = ()
     api_token: str | None = None
     cors_origins: tuple[str, ...] = ()
     poll_interval: float = 30.0
     keepawake: bool = False
+    keepawake_url: str | None = None  # our public address (DATESYNC_KEEPAWAKE_URL, else RENDER_EXTERNAL_URL)
     data_dir: Path = Path(".datesync")
     log_format: str = "console"
+    shutdown_grace: float = 20.0  # seconds running dates get on SIGTERM before they are handed back
 
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    @property
+    def all_sources(self) -> dict[str, SourceSpec]:
+        """Every source this process serves: `default` (DATESYNC_HANDLER) and those of DATESYNC_SOURCES."""
+        return configured(self.handler, self.sources)
 
     @property
     def pool_size(self) -> int:
@@ -58,7 +68,7 @@ class Settings:
         """Build settings from environment variables; raise SettingsError naming the bad variable."""
         env = os.environ if env is None else env
         r = _Reader(env)
-        return cls(
+        settings = cls(
             database_url=r.text("DATABASE_URL"),
             database_direct_url=r.text("DATABASE_DIRECT_URL"),
             host=r.text("HOST") or "127.0.0.1",
@@ -72,13 +82,23 @@ class Settings:
             max_range_days=r.parse("DATESYNC_MAX_RANGE_DAYS", 3660, _int_between(1, 100_000)),
             timezone=r.parse("DATESYNC_TIMEZONE", "UTC", _timezone),
             schedule=r.parse("DATESYNC_SCHEDULE", None, _hh_mm),
+            schedule_lookback=r.parse("DATESYNC_SCHEDULE_LOOKBACK", 0, _int_between(0, 3660)),
+            sources=r.parse("DATESYNC_SOURCES", (), parse_sources),
             api_token=r.text("DATESYNC_API_TOKEN"),
             cors_origins=tuple(o.strip() for o in (r.text("DATESYNC_CORS_ORIGINS") or "").split(",") if o.strip()),
             poll_interval=r.parse("DATESYNC_POLL_INTERVAL", 30.0, _positive_float),
             keepawake=r.parse("DATESYNC_KEEPAWAKE", False, _bool),
+            keepawake_url=r.text("DATESYNC_KEEPAWAKE_URL") or r.text("RENDER_EXTERNAL_URL"),
             data_dir=Path(r.text("DATESYNC_DATA_DIR") or ".datesync"),
             log_format=r.parse("LOG_FORMAT", "console" if sys.stderr.isatty() else "json", _log_format),
+            shutdown_grace=r.parse("DATESYNC_SHUTDOWN_GRACE", 20.0, _non_negative_float),
         )
+        if settings.schedule_lookback >= settings.max_range_days:
+            raise SettingsError(
+                f"DATESYNC_SCHEDULE_LOOKBACK={settings.schedule_lookback} is invalid: the look-back and yesterday "
+                f"must fit in one batch of at most DATESYNC_MAX_RANGE_DAYS={settings.max_range_days} days"
+            )
+        return settings
 
 
 class _Reader:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ from daemon.errors import DatesyncError
 from daemon.runtime import database, prepare
 from daemon.settings import Settings
 from datesync import service
+from datesync.follow import UrlOption, follow_batch
 
 T = TypeVar("T")
 
@@ -51,7 +53,8 @@ def _settings(**overrides: object) -> Settings:
         if overrides.get(key) is not None:
             os.environ[var] = str(overrides[key])
     settings = Settings.from_env()
-    logs.configure(settings.log_format)
+    level = os.environ.get("LOG_LEVEL", "info").upper()
+    logs.configure(settings.log_format, getattr(logging, level, logging.INFO))
     return settings
 
 
@@ -137,6 +140,7 @@ def batch(
     force: Annotated[bool, typer.Option("--force", help="Re-sync dates already synced.")] = False,
     source: Annotated[str, typer.Option(help="Source to sync.")] = "default",
     follow: Annotated[bool, typer.Option("--follow", help="Show live progress until the batch ends.")] = False,
+    url: UrlOption = None,
 ) -> None:
     """Request a backfill of START..END; prints the batch id."""
     settings = _settings_or_exit()
@@ -152,15 +156,15 @@ def batch(
 
     batch_id = _run(lambda: _with_conn(settings, insert))
     out.print(batch_id)
-    if follow:
-        err.print("--follow: live progress arrives with the event stream (issue 5); use `datesync status`")
+    if follow:  # exit 0 only if no date failed
+        raise typer.Exit(_run(lambda: follow_batch(settings, batch_id, url, progress_console=err, out=out)))
 
 
 @app.command()
-def watch(batch_id: Annotated[int, typer.Argument(help="Batch to follow.")]) -> None:
-    """Follow a batch's progress live until it ends."""
-    err.print("`datesync watch` arrives with the event stream (issue 5)")
-    raise typer.Exit(2)
+def watch(batch_id: Annotated[int, typer.Argument(help="Batch to follow.")], url: UrlOption = None) -> None:
+    """Follow a batch's progress live until it ends, then list its failed dates; exit 0 only if none failed."""
+    settings = _settings_or_exit()
+    raise typer.Exit(_run(lambda: follow_batch(settings, batch_id, url, progress_console=err, out=out)))
 
 
 @app.command()
@@ -196,11 +200,50 @@ def status(
 def gaps(
     from_: Annotated[str, typer.Argument(metavar="FROM", help="First date, YYYY-MM-DD.")],
     to: Annotated[str, typer.Argument(metavar="TO", help="Last date, YYYY-MM-DD.")],
+    source: Annotated[str, typer.Option(help="Source to check.")] = "default",
     backfill: Annotated[bool, typer.Option("--backfill", help="Request exactly the missing dates.")] = False,
 ) -> None:
-    """List dates in FROM..TO that are missing or failed."""
-    err.print("`datesync gaps` arrives with the schedule and handlers work (issue 7)")
-    raise typer.Exit(2)
+    """List dates in FROM..TO that are missing or failed; with --backfill, request exactly those (one batch per
+    contiguous range) and print the batch ids."""
+    settings = _settings_or_exit()
+    lo, hi = _parse_day(from_, "FROM"), _parse_day(to, "TO")
+    if lo > hi:
+        err.print("[bold red]error:[/] FROM must not be after TO")
+        raise typer.Exit(2)
+    if (hi - lo).days + 1 > settings.max_range_days:
+        err.print(f"[bold red]error:[/] the range is {(hi - lo).days + 1} days; the limit is "
+                  f"{settings.max_range_days} days (DATESYNC_MAX_RANGE_DAYS)")
+        raise typer.Exit(2)
+
+    async def go(conn: asyncpg.Connection) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+        if not await conn.fetchval(q("source_exists"), source):
+            raise DatesyncError(f'unknown source "{source}"')
+        batches: list[asyncpg.Record] = []
+        async with conn.transaction():  # all the ranges' batches or none
+            rows = await conn.fetch(q("day_gaps"), source, lo, hi)
+            if backfill:
+                try:
+                    for start, end in dict.fromkeys((r["range_start"], r["range_end"]) for r in rows):
+                        row = await conn.fetchrow(q("batch_insert"), source, start, end, False, None, "cli")
+                        assert row is not None
+                        batches.append(row)
+                except (asyncpg.CheckViolationError, asyncpg.NotNullViolationError) as exc:
+                    raise DatesyncError(exc.message) from None
+        return list(rows), batches
+
+    rows, batches = _run(lambda: _with_conn(settings, go))
+    if not rows:
+        out.print(f"no gaps: every date of {source} from {lo} to {hi} is synced or running")
+        return
+    table = Table("day", "status")
+    for r in rows:
+        table.add_row(r["day"].isoformat(), r["status"])
+    out.print(table)
+    ranges = len({r["range_start"] for r in rows})
+    out.print(f"{len(rows)} of {(hi - lo).days + 1} dates of {source} are missing or failed, "
+              f"in {ranges} range{'s' if ranges > 1 else ''}")
+    for b in batches:
+        out.print(f"batch {b['id']}: {b['start_date']}..{b['end_date']} ({b['days']} days) requested")
 
 
 @app.command()
@@ -236,12 +279,35 @@ def cancel(batch_id: Annotated[int, typer.Argument(help="Batch to cancel.")]) ->
 
 @app.command()
 def bench(
-    quick: Annotated[bool, typer.Option("--quick", help="A run under a minute.")] = False,
-    json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Small sizes, one repetition: under a minute.")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    repeats: Annotated[int | None, typer.Option(help="Repetitions of each drain (median reported).")] = None,
+    drain_dates: Annotated[int | None, typer.Option(help="Dates in the concurrency-10 drain.")] = None,
 ) -> None:
-    """Measure the engine: drain rate, wake latency, API and SSE latency, claim cost."""
-    err.print("`datesync bench` arrives with the benchmarks (issue 10)")
-    raise typer.Exit(2)
+    """Measure the engine: drain rate, wake latency, API and SSE latency, claim cost, memory, connections."""
+    import dataclasses
+    import json
+
+    from datesync import bench as benchmarks
+
+    settings = _settings_or_exit()
+    sizes = benchmarks.Sizes.quick() if quick else benchmarks.Sizes()
+    if repeats is not None:
+        sizes = dataclasses.replace(sizes, repeats=repeats)
+    if drain_dates is not None:
+        sizes = dataclasses.replace(sizes, drain_dates=drain_dates)
+
+    def progress(step: str) -> None:
+        err.print(f"[dim]bench: {step}…[/]")
+
+    results = _run(lambda: benchmarks.run(settings, sizes, progress))
+    if json_:
+        print(json.dumps(results))
+        return
+    table = Table("measure", "value")
+    for key, value in results.items():
+        table.add_row(key, f"{value:,.3f}")
+    out.print(table)
 
 
 @app.command()

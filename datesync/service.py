@@ -11,10 +11,13 @@ import structlog
 import uvicorn
 
 from daemon.db.connect import create_pool
+from daemon.errors import DatesyncError
+from daemon.keepawake import KeepAwake
 from daemon.runtime import Database, database, prepare
 from daemon.settings import Settings
 from daemon.sync import handlers
-from daemon.sync.worker import Daemon
+from daemon.sync.schedule import Schedule
+from daemon.sync.worker import Daemon, new_worker_id
 from web.app import create_app
 from web.state import AppState
 
@@ -29,9 +32,22 @@ class _Server(uvicorn.Server):
         yield
 
 
+async def _serve_web(server: _Server) -> None:
+    # uvicorn reports a failed start (port in use) with sys.exit(1); make it an ordinary error.
+    try:
+        await server.serve()
+    except SystemExit:
+        raise DatesyncError("the web server could not start (see the log above)") from None
+
+
 def sources_for(settings: Settings) -> dict[str, str]:
-    """Configured sources and their handler specs."""
-    return {"default": settings.handler}
+    """Configured sources and their handler specs: `default` (DATESYNC_HANDLER) and DATESYNC_SOURCES."""
+    return {name: spec.handler for name, spec in settings.all_sources.items()}
+
+
+def source_caps(settings: Settings) -> dict[str, int]:
+    """Per-source limits on dates run at once in one daemon (`;concurrency=N` in DATESYNC_SOURCES)."""
+    return {name: spec.concurrency for name, spec in settings.all_sources.items() if spec.concurrency}
 
 
 async def serve(settings: Settings, *, web: bool, daemon: bool) -> None:
@@ -41,7 +57,7 @@ async def serve(settings: Settings, *, web: bool, daemon: bool) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     sources = sources_for(settings)
-    loaded = {name: handlers.load(spec) for name, spec in sources.items()} if daemon else {}
+    loaded = {name: handlers.load(spec, name) for name, spec in sources.items()} if daemon else {}
     async with database(settings) as db:
         await prepare(db, settings, sources)
         await _serve_with(db, settings, loaded, stop, web=web)
@@ -50,13 +66,29 @@ async def serve(settings: Settings, *, web: bool, daemon: bool) -> None:
 async def _serve_with(
     db: Database, settings: Settings, loaded: dict[str, handlers.Handler], stop: asyncio.Event, *, web: bool
 ) -> None:
-    pool = await create_pool(db.dsn, settings.pool_size, "datesync")
+    role = "datesync" if web and loaded else ("datesync-web" if web else "datesync-daemon")
+    pool = await create_pool(db.dsn, settings.pool_size, role)
     worker: Daemon | None = None
     tasks: list[asyncio.Task[None]] = []
     server: _Server | None = None
     try:
         if loaded:
-            worker = Daemon(settings, pool, loaded, db.direct_dsn)
+            # Set up (tables, clients, SQL checks) before serving anything: a bad handler stops the start.
+            ready = await handlers.set_up(loaded, pool)
+            worker_id = new_worker_id()
+            side_tasks = []
+            if settings.keepawake:
+                if web and settings.keepawake_url:
+                    side_tasks.append(KeepAwake(pool, settings.keepawake_url).keep_awake)
+                else:
+                    log.warning("keepawake_off", reason="needs the web server in this process and "
+                                "DATESYNC_KEEPAWAKE_URL or RENDER_EXTERNAL_URL")
+            if settings.schedule is not None:
+                schedule = Schedule(pool, list(ready), settings.schedule, settings.tz,
+                                    lookback=settings.schedule_lookback, worker=worker_id)
+                side_tasks.append(schedule.daily_schedule)
+            worker = Daemon(settings, pool, ready, db.direct_dsn, grace=settings.shutdown_grace,
+                            source_caps=source_caps(settings), side_tasks=side_tasks, worker_id=worker_id)
             tasks.append(asyncio.create_task(worker.run(), name="daemon"))
         if web:
             state = AppState(
@@ -69,13 +101,15 @@ async def _serve_with(
                 timeout_graceful_shutdown=5, lifespan="on", proxy_headers=True, forwarded_allow_ips="*",
             )
             server = _Server(config)
-            tasks.append(asyncio.create_task(server.serve(), name="web"))
+            tasks.append(asyncio.create_task(_serve_web(server), name="web"))
             log.info("web_listening", url=f"http://{settings.host}:{settings.port}")
         stopper = asyncio.create_task(stop.wait(), name="stop")
         done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            if task is not stopper and task.exception() is not None:
-                log.error("service_task_crashed", task=task.get_name(), exc_info=task.exception())
+        # Anything but a signal ending first is a failure: stop the rest and exit non-zero.
+        failed = [t for t in done if t is not stopper]
+        for task in failed:
+            error = task.exception()
+            log.error("service_task_stopped", task=task.get_name(), exc_info=error)
         stopper.cancel()
         log.info("shutting_down")
         if server is not None:
@@ -83,5 +117,8 @@ async def _serve_with(
         if worker is not None:
             worker.request_stop()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if failed:
+            names = ", ".join(t.get_name() for t in failed)
+            raise DatesyncError(f"the {names} part of this process stopped unexpectedly; see the log above")
     finally:
         await pool.close()

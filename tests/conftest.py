@@ -3,7 +3,6 @@ database, and a fresh database cloned from it for each test that asks for one.""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import tempfile
 import uuid
@@ -93,14 +92,3 @@ async def db(dsn: str) -> AsyncIterator[asyncpg.Connection]:
     yield conn
     await conn.close()
 
-
-async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):  # type: ignore[no-untyped-def]
-    """Poll an async predicate until it returns something truthy; fail with a clear message after timeout."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")
-        await asyncio.sleep(interval)

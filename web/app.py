@@ -24,10 +24,13 @@ def create_app(state: AppState) -> Starlette:
         routes=[
             Route("/healthz", health.healthz, methods=["GET"]),
             Route("/readyz", health.readyz, methods=["GET"]),
+            *api.root_routes,
             Mount(API_PREFIX, routes=[*api.routes, *events.routes, *gaps.routes]),
             *page.routes,
         ],
         lifespan=lifespan,
+        middleware=api.middleware(state.settings),
+        exception_handlers=api.EXCEPTION_HANDLERS,
     )
     app.state.datesync = state
     return app

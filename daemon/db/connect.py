@@ -57,6 +57,12 @@ async def connect(dsn: str, application_name: str) -> asyncpg.Connection:
     return conn
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool release hook. asyncpg still rolls back an open transaction and drops listeners first; we skip its
+    reset query (one round trip per release) because our own statements leave no session state. Handler code
+    that may (SET, temp tables) gets a full reset from the daemon after each date."""
+
+
 async def create_pool(dsn: str, size: int, application_name: str) -> asyncpg.Pool:
     """The pool for ordinary queries; connections are opened lazily, up to `size`."""
     pool = await asyncpg.create_pool(
@@ -64,6 +70,7 @@ async def create_pool(dsn: str, size: int, application_name: str) -> asyncpg.Poo
         min_size=1,
         max_size=size,
         init=_init_connection,
+        reset=_keep_session,
         max_inactive_connection_lifetime=120,
     )
     assert pool is not None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import asyncpg
 
@@ -23,6 +22,8 @@ class Claimed:
     state: str
     attempt: int
     max_attempts: int
+    batch_ended: str | None = None  # the batch's final state, when this claim ended it (last dates skipped)
+    batch_created_at: datetime.datetime | None = None
 
 
 async def _insert_task_events(conn: Conn, rows: Sequence[asyncpg.Record]) -> None:
@@ -56,35 +57,34 @@ class Store:
             return row
 
     async def claim(self, limit: int, sources: Sequence[str]) -> list[Claimed]:
-        """Lease up to `limit` runnable tasks (skipped ones are finished on the spot and returned too)."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        """Lease up to `limit` runnable tasks (skipped ones are finished on the spot and returned too).
+        One round trip: the claim, the day rows, the events and any batch it ends are one statement."""
+        async with self.pool.acquire() as conn:
             rows = await conn.fetch(q("task_claim"), self.worker, limit, self.lease, list(sources))
-            await _insert_task_events(conn, rows)
         return [
-            Claimed(r["id"], r["batch_id"], r["source"], r["day"], r["state"], r["attempt"], r["max_attempts"])
+            Claimed(r["id"], r["batch_id"], r["source"], r["day"], r["state"], r["attempt"], r["max_attempts"],
+                    r["batch_state"], r["batch_created_at"])
             for r in rows
         ]
 
     async def finish(self, outcomes: Sequence[Outcome]) -> list[asyncpg.Record]:
-        """Write the outcomes of attempts in one transaction; returns the rows actually changed."""
+        """Write the outcomes of attempts in one statement (one transaction); returns the rows actually changed,
+        each with `batch_state` set when that write ended its batch."""
         ending = [o for o in outcomes if o.kind not in (Kind.RELEASED, Kind.LOST)]
         released = [o.task_id for o in outcomes if o.kind is Kind.RELEASED]
-        changed: list[asyncpg.Record] = []
-        async with self.pool.acquire() as conn, conn.transaction():
-            if ending:
-                changed += await conn.fetch(
-                    q("task_finish_many"),
-                    self.worker,
-                    [o.task_id for o in ending],
-                    [o.row_state for o in ending],
-                    [o.error for o in ending],
-                    [o.rows for o in ending],
-                    [o.retry_in or 0.0 for o in ending],
-                )
-            if released:
-                changed += await conn.fetch(q("task_release"), self.worker, released)
-            await _insert_task_events(conn, changed)
-        return changed
+        if not ending and not released:
+            return []
+        async with self.pool.acquire() as conn:
+            return list(await conn.fetch(
+                q("task_finish"),
+                self.worker,
+                [o.task_id for o in ending],
+                [o.row_state for o in ending],
+                [o.error for o in ending],
+                [o.rows for o in ending],
+                [o.retry_in or 0.0 for o in ending],
+                released,
+            ))
 
     async def heartbeat(self) -> dict[int, bool]:
         """Renew our leases; {task id: cancel requested} for every task we still hold."""
@@ -129,13 +129,8 @@ class Store:
         ids = sorted(set(batch_ids))
         if not ids:
             return []
-        async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(q("batch_finalize"), ids)
-            for r in rows:
-                data: dict[str, Any] = {k: r[k] for k in ("days", "succeeded", "failed", "skipped", "cancelled")}
-                data["final"] = True
-                await conn.execute(q("event_insert_batch"), r["id"], r["state"], data)
-        return list(rows)
+        async with self.pool.acquire() as conn:
+            return list(await conn.fetch(q("batch_finalize"), ids))
 
     async def seconds_until_next_task(self) -> float | None:
         async with self.pool.acquire() as conn:

@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 import structlog
 
+from daemon import metrics
 from daemon.db.connect import DB_ERRORS
 from daemon.listener import Listener
 from daemon.settings import Settings
@@ -79,6 +80,7 @@ class Daemon:
         self._wake = asyncio.Event()
         self._full_scan = True
         self._stopping = asyncio.Event()
+        self._seen_batches: set[int] = set()
         self._idle = asyncio.Event()  # set whenever no date is running
         self._idle.set()
         self.started_at = time.monotonic()
@@ -209,16 +211,29 @@ class Daemon:
             for task in claimed:
                 if task.state == "skipped":
                     log.info("date_sync_skipped", batch_id=task.batch_id, day=str(task.day))
+                    metrics.TASKS_FINISHED.labels(task.source, "skipped").inc()
                 else:
+                    self._observe_wake(task)
                     self._start(task)
-            if any(t.state == "skipped" for t in claimed):
-                await self._finalize({t.batch_id for t in claimed})
+            for batch_id, state in sorted({(t.batch_id, t.batch_ended) for t in claimed if t.batch_ended}):
+                log.info("batch_finished", batch_id=batch_id, state=state)
             if len(claimed) < free:
                 return
+
+    def _observe_wake(self, task: Claimed) -> None:
+        """The first date of a batch that this daemon starts measures the wake latency."""
+        if task.batch_id in self._seen_batches or task.batch_created_at is None:
+            return
+        if len(self._seen_batches) > 10_000:
+            self._seen_batches.clear()
+        self._seen_batches.add(task.batch_id)
+        if task.attempt == 1:
+            metrics.WAKE_SECONDS.observe(max(0.0, time.time() - task.batch_created_at.timestamp()))
 
     def _start(self, claimed: Claimed) -> None:
         task = asyncio.create_task(self._run_one(claimed), name=f"date-{claimed.source}-{claimed.day}")
         self.running[claimed.id] = Running(claimed, task)
+        metrics.RUNNING_HERE.set(len(self.running))
         self._idle.clear()
 
     async def _run_one(self, c: Claimed) -> None:
@@ -235,12 +250,17 @@ class Daemon:
                     task_id=c.id, worker=self.worker,
                     _write_progress=lambda done, total, note: self.store.write_progress(c, done, total, note),
                 )
-                async with asyncio.timeout(self.settings.task_timeout):
-                    result = await handler.sync(c.day, ctx)
+                try:
+                    async with asyncio.timeout(self.settings.task_timeout):
+                        result = await handler.sync(c.day, ctx)
+                finally:
+                    if not handler.session_safe and not conn.is_closed():
+                        await asyncio.shield(conn.reset())
             if result is not None and (not isinstance(result, int) or isinstance(result, bool)):
                 raise TypeError(f"the handler returned {type(result).__name__}; expected an int or None")
             outcome = Outcome(c.id, c.batch_id, Kind.SUCCEEDED, rows=result)
             log.info("date_sync_succeeded", rows=result, seconds=round(time.monotonic() - started, 3))
+            metrics.TASK_SECONDS.labels(c.source).observe(time.monotonic() - started)
         except asyncio.CancelledError:
             stop_as = self.running[c.id].stop_as if c.id in self.running else None
             if stop_as is None:
@@ -255,7 +275,9 @@ class Daemon:
         await self._outcomes.put(outcome)
 
     def _failure(self, c: Claimed, message: str, exc: BaseException) -> Outcome:
+        metrics.ATTEMPTS_FAILED.labels(c.source).inc()
         if c.attempt < c.max_attempts:
+            metrics.RETRIES.labels(c.source).inc()
             delay = retry_delay(self.settings.retry_delay, c.attempt)
             log.warning("date_sync_failed_will_retry", error=message, retry_in_s=round(delay, 2), exc_info=exc)
             return Outcome(c.id, c.batch_id, Kind.FAILED, error=message, retry_in=delay)
@@ -289,13 +311,17 @@ class Daemon:
                 if failures == 1:
                     log.warning("finish_write_failed_retrying", error=error_text(exc), outcomes=len(batch))
                 await asyncio.sleep(min(0.25 * 2**failures, 5.0))
+        sources = {o.task_id: r.claimed.source for o in batch if (r := self.running.get(o.task_id))}
+        for row in changed:
+            if row["state"] in ("succeeded", "failed", "cancelled"):
+                metrics.TASKS_FINISHED.labels(sources.get(row["id"], "?"), row["state"]).inc()
         for outcome in batch:
             self.running.pop(outcome.task_id, None)
+        metrics.RUNNING_HERE.set(len(self.running))
         if not self.running:
             self._idle.set()
-        ended = {r["batch_id"] for r in changed if r["state"] not in ("queued", "running")}
-        with contextlib.suppress(*DB_ERRORS):
-            await self._finalize(ended)
+        for batch_id, state in sorted({(r["batch_id"], r["batch_state"]) for r in changed if r["batch_state"]}):
+            log.info("batch_finished", batch_id=batch_id, state=state)
         self.wake(full=False)
 
     async def _finalize(self, batch_ids: set[int] | list[int]) -> None:

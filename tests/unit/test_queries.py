@@ -17,7 +17,7 @@ def test_parse_rejects_duplicates_and_empty_blocks() -> None:
 
 def test_shipped_queries_load_and_follow_the_naming_rule() -> None:
     queries = all_queries()
-    assert {"batch_insert", "task_claim", "task_finish_many", "event_insert_tasks"} <= set(queries)
+    assert {"batch_insert", "task_claim", "task_finish", "event_insert_tasks"} <= set(queries)
     for name in queries:
         assert "_" in name, name  # entity_verb
     with pytest.raises(KeyError, match="no query named"):

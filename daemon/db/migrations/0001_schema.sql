@@ -45,7 +45,9 @@ CREATE TABLE datesync.batch (
     state            datesync.batch_state NOT NULL DEFAULT 'queued',
     cancel_requested boolean NOT NULL DEFAULT false,
     days             integer GENERATED ALWAYS AS (end_date - start_date + 1) STORED,
-    -- Final counts, written when the batch ends; live counts are in datesync.batch_progress.
+    -- Live counts of its tasks by state, kept by the task_count trigger in the transaction that moves them.
+    queued           integer NOT NULL DEFAULT 0,
+    running          integer NOT NULL DEFAULT 0,
     succeeded        integer NOT NULL DEFAULT 0,
     failed           integer NOT NULL DEFAULT 0,
     skipped          integer NOT NULL DEFAULT 0,
@@ -246,7 +248,51 @@ END $$;
 CREATE TRIGGER batch_event_queued AFTER INSERT ON datesync.batch
     FOR EACH ROW EXECUTE FUNCTION datesync.batch_event_queued();
 
--- Live counts for every batch, derived from its tasks (no hot counter row for finishers to fight over).
+-- Batch counts follow every task transition, whoever makes it (the daemon, the API, a hand edit). One UPDATE
+-- per statement and batch, from the statement's transition tables. Batch rows are locked in id order so that two
+-- transactions touching the same batches cannot deadlock; event-writing statements come after this in every
+-- transaction, so the lock order is always task rows, day rows, batch rows, then the event lock.
+CREATE FUNCTION datesync.task_count() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        PERFORM 1 FROM datesync.batch WHERE id IN (SELECT batch_id FROM new_rows) ORDER BY id FOR UPDATE;
+        UPDATE datesync.batch b SET queued = b.queued + n.c
+        FROM (SELECT batch_id, count(*) AS c FROM new_rows WHERE state = 'queued' GROUP BY batch_id) n
+        WHERE b.id = n.batch_id;
+        RETURN NULL;
+    END IF;
+    -- Rows whose state did not change (lease renewals) cost a scan of the transition tables and nothing else.
+    PERFORM 1 FROM datesync.batch
+    WHERE id IN (SELECT n.batch_id FROM new_rows n JOIN old_rows o ON o.id = n.id WHERE o.state <> n.state)
+    ORDER BY id FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    UPDATE datesync.batch b
+    SET queued = b.queued + p.queued, running = b.running + p.running,
+        succeeded = b.succeeded + p.succeeded, failed = b.failed + p.failed,
+        skipped = b.skipped + p.skipped, cancelled = b.cancelled + p.cancelled
+    FROM (SELECT n.batch_id,
+                 count(*) FILTER (WHERE n.state = 'queued') - count(*) FILTER (WHERE o.state = 'queued') AS queued,
+                 count(*) FILTER (WHERE n.state = 'running') - count(*) FILTER (WHERE o.state = 'running') AS running,
+                 count(*) FILTER (WHERE n.state = 'succeeded')
+                     - count(*) FILTER (WHERE o.state = 'succeeded') AS succeeded,
+                 count(*) FILTER (WHERE n.state = 'failed') - count(*) FILTER (WHERE o.state = 'failed') AS failed,
+                 count(*) FILTER (WHERE n.state = 'skipped') - count(*) FILTER (WHERE o.state = 'skipped') AS skipped,
+                 count(*) FILTER (WHERE n.state = 'cancelled')
+                     - count(*) FILTER (WHERE o.state = 'cancelled') AS cancelled
+          FROM new_rows n JOIN old_rows o ON o.id = n.id
+          WHERE o.state <> n.state
+          GROUP BY n.batch_id) p
+    WHERE b.id = p.batch_id;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER task_count_insert AFTER INSERT ON datesync.task
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION datesync.task_count();
+CREATE TRIGGER task_count_update AFTER UPDATE ON datesync.task
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION datesync.task_count();
+
+-- Live counts for every batch (a batch not yet expanded counts all its days as queued).
 CREATE VIEW datesync.batch_progress AS
 SELECT b.id AS batch_id,
        b.source,
@@ -256,24 +302,196 @@ SELECT b.id AS batch_id,
        b.state,
        b.cancel_requested,
        b.days,
-       CASE WHEN b.state = 'queued' THEN b.days ELSE coalesce(c.queued, 0) END AS queued,
-       coalesce(c.running, 0) AS running,
-       coalesce(c.succeeded, 0) AS succeeded,
-       coalesce(c.failed, 0) AS failed,
-       coalesce(c.skipped, 0) AS skipped,
-       coalesce(c.cancelled, 0) AS cancelled,
-       coalesce(c.succeeded + c.failed + c.skipped + c.cancelled, 0) AS done,
+       CASE WHEN b.state = 'queued' THEN b.days ELSE b.queued END AS queued,
+       b.running,
+       b.succeeded,
+       b.failed,
+       b.skipped,
+       b.cancelled,
+       b.succeeded + b.failed + b.skipped + b.cancelled AS done,
        b.created_at,
        b.started_at,
        b.finished_at
-FROM datesync.batch b
-LEFT JOIN LATERAL (
-    SELECT count(*) FILTER (WHERE t.state = 'queued') AS queued,
-           count(*) FILTER (WHERE t.state = 'running') AS running,
-           count(*) FILTER (WHERE t.state = 'succeeded') AS succeeded,
-           count(*) FILTER (WHERE t.state = 'failed') AS failed,
-           count(*) FILTER (WHERE t.state = 'skipped') AS skipped,
-           count(*) FILTER (WHERE t.state = 'cancelled') AS cancelled
-    FROM datesync.task t
-    WHERE t.batch_id = b.id
-) c ON true;
+FROM datesync.batch b;
+
+-- The hot path, one round trip each: claim dates, and record attempts' outcomes. Each runs its statements in
+-- the order every transaction follows (task rows, day rows, batch rows, events last) and ends the batches
+-- whose last date it settled, so no separate transaction is needed to notice that a batch is done.
+
+-- End the given running batches that have nothing queued or running; log their final event. Returns them.
+CREATE FUNCTION datesync.batch_end_settled(p_ids bigint[])
+RETURNS TABLE (id bigint, state text, days integer, succeeded integer, failed integer, skipped integer,
+               cancelled integer)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    ended datesync.batch[];
+BEGIN
+    WITH e AS (
+        UPDATE datesync.batch b
+        SET state = CASE WHEN b.cancel_requested THEN 'cancelled'
+                         WHEN b.failed > 0 THEN 'failed'
+                         ELSE 'succeeded' END::datesync.batch_state,
+            finished_at = now()
+        WHERE b.id IN (SELECT x.id FROM datesync.batch x
+                       WHERE x.id = ANY(p_ids) AND x.state = 'running' AND x.queued = 0 AND x.running = 0
+                       ORDER BY x.id FOR UPDATE SKIP LOCKED)
+        RETURNING b.*
+    )
+    SELECT array_agg(e ORDER BY e.id) INTO ended FROM e;
+    IF ended IS NULL THEN
+        RETURN;
+    END IF;
+    INSERT INTO datesync.event (batch_id, kind, state, data)
+    SELECT x.id, 'batch', x.state::text,
+           jsonb_build_object('final', true, 'days', x.days, 'succeeded', x.succeeded, 'failed', x.failed,
+                              'skipped', x.skipped, 'cancelled', x.cancelled)
+    FROM unnest(ended) x ORDER BY x.id;
+    RETURN QUERY SELECT x.id, x.state::text, x.days, x.succeeded, x.failed, x.skipped, x.cancelled
+                 FROM unnest(ended) x;
+END $$;
+
+-- Log one event per task row, with its batch's live counts. Call it last in a transaction (see event_serialize).
+CREATE FUNCTION datesync.event_log_tasks(p_tasks datesync.task[]) RETURNS void LANGUAGE sql AS $$
+    INSERT INTO datesync.event (batch_id, task_id, day, kind, state, attempt, error, data)
+    SELECT t.batch_id, t.id, t.day, 'task', t.state::text, t.attempt, t.error,
+           jsonb_build_object('counts', jsonb_build_object(
+               'queued', b.queued, 'running', b.running, 'succeeded', b.succeeded, 'failed', b.failed,
+               'skipped', b.skipped, 'cancelled', b.cancelled, 'days', b.days))
+    FROM unnest(p_tasks) t JOIN datesync.batch b ON b.id = t.batch_id
+    ORDER BY t.batch_id, t.day;
+$$;
+
+-- Lease up to p_limit runnable tasks of p_sources to p_worker, at most one per (source, day) and none whose
+-- (source, day) is already running; a date already synced (and not forced) is marked skipped instead.
+CREATE FUNCTION datesync.task_claim(p_worker text, p_limit integer, p_lease float8, p_sources text[])
+RETURNS TABLE (id bigint, batch_id bigint, source text, day date, state text, attempt integer,
+               max_attempts integer, batch_state text, batch_created_at timestamptz)
+LANGUAGE plpgsql
+-- Walk task_claimable in order and stop after p_limit rows: never a bitmap scan and sort of the whole queue,
+-- which the planner picks when its statistics lag behind a freshly expanded batch.
+SET enable_bitmapscan = off
+SET enable_seqscan = off
+AS $$
+#variable_conflict use_column
+DECLARE
+    claimed datesync.task[];
+    ended jsonb;
+BEGIN
+    WITH candidate AS (
+        SELECT t.id, t.source, t.day, t.force
+        FROM datesync.task t
+        WHERE t.state = 'queued' AND t.run_after <= now() AND t.source = ANY(p_sources)
+          AND NOT EXISTS (SELECT 1 FROM datesync.task r
+                          WHERE r.source = t.source AND r.day = t.day AND r.state = 'running')
+        ORDER BY t.run_after, t.id
+        LIMIT p_limit
+        FOR UPDATE SKIP LOCKED
+    ), picked AS (
+        SELECT DISTINCT ON (c.source, c.day) c.id,
+               CASE WHEN d.status = 'success' AND NOT c.force THEN 'skipped'
+                    ELSE 'running' END::datesync.task_state AS new_state
+        FROM candidate c
+        LEFT JOIN datesync.day d ON d.source = c.source AND d.day = c.day
+        ORDER BY c.source, c.day, c.id
+    ), upd AS (
+        UPDATE datesync.task t
+        SET state = p.new_state,
+            attempt = t.attempt + (p.new_state = 'running')::int,
+            lease_owner = CASE WHEN p.new_state = 'running' THEN p_worker END,
+            lease_expires_at = CASE WHEN p.new_state = 'running' THEN now() + make_interval(secs => p_lease) END,
+            started_at = now(),
+            finished_at = CASE WHEN p.new_state = 'skipped' THEN now() END
+        FROM picked p
+        WHERE t.id = p.id
+        RETURNING t.*
+    ), marked AS (
+        INSERT INTO datesync.day AS d (source, day, status, batch_id, task_id, attempts, started_at)
+        SELECT u.source, u.day, 'running', u.batch_id, u.id, u.attempt, now() FROM upd u WHERE u.state = 'running'
+        ON CONFLICT (source, day) DO UPDATE
+        SET status = 'running', batch_id = EXCLUDED.batch_id, task_id = EXCLUDED.task_id,
+            attempts = EXCLUDED.attempts, started_at = EXCLUDED.started_at, updated_at = now()
+    )
+    SELECT array_agg(u) INTO claimed FROM upd u;
+    IF claimed IS NULL THEN
+        RETURN;
+    END IF;
+    PERFORM datesync.event_log_tasks(claimed);
+    -- A batch whose remaining dates were all skipped ends here.
+    SELECT jsonb_object_agg(e.id::text, e.state) INTO ended
+    FROM datesync.batch_end_settled(ARRAY(SELECT DISTINCT c.batch_id FROM unnest(claimed) c
+                                          WHERE c.state = 'skipped')) e;
+    RETURN QUERY
+        SELECT c.id, c.batch_id, c.source, c.day, c.state::text, c.attempt, c.max_attempts,
+               ended ->> c.batch_id::text, b.created_at
+        FROM unnest(claimed) c JOIN datesync.batch b ON b.id = c.batch_id;
+END $$;
+
+-- Record outcomes of attempts run by p_worker: succeeded, failed (for good), queued (retry after p_retry_in
+-- seconds), cancelled; and hand back p_released (shutdown: queued at once, the attempt not counted). Rows
+-- whose lease was lost (cancel, takeover) are left alone and not returned. batch_state is the final state of
+-- the row's batch when this call ended it.
+CREATE FUNCTION datesync.task_finish(p_worker text, p_ids bigint[], p_states text[], p_errors text[],
+                                     p_rows bigint[], p_retry_in float8[], p_released bigint[])
+RETURNS TABLE (id bigint, batch_id bigint, day date, state text, attempt integer, batch_state text)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    changed datesync.task[];
+    released datesync.task[];
+    ended RECORD;
+    ended_states jsonb := '{}';
+BEGIN
+    WITH result AS (
+        SELECT * FROM unnest(p_ids, p_states, p_errors, p_rows, p_retry_in)
+            AS r(id, state, error, rows_synced, retry_in)
+    ), fin AS (
+        UPDATE datesync.task t
+        SET state = r.state::datesync.task_state,
+            error = r.error,
+            rows_synced = r.rows_synced,
+            run_after = CASE WHEN r.state = 'queued' THEN now() + make_interval(secs => r.retry_in)
+                             ELSE t.run_after END,
+            finished_at = CASE WHEN r.state = 'queued' THEN NULL ELSE now() END,
+            lease_owner = NULL,
+            lease_expires_at = NULL
+        FROM result r
+        WHERE t.id = r.id AND t.state = 'running' AND t.lease_owner = p_worker
+        RETURNING t.*
+    ), d AS (
+        UPDATE datesync.day d
+        SET status = CASE WHEN f.state = 'succeeded' THEN 'success'
+                          WHEN f.state = 'cancelled' THEN d.status
+                          ELSE 'failed' END::datesync.day_status,
+            rows_synced = CASE WHEN f.state = 'succeeded' THEN f.rows_synced ELSE d.rows_synced END,
+            error = CASE WHEN f.state = 'succeeded' THEN NULL ELSE coalesce(f.error, d.error) END,
+            synced_at = CASE WHEN f.state = 'succeeded' THEN now() ELSE d.synced_at END,
+            attempts = f.attempt, batch_id = f.batch_id, task_id = f.id, updated_at = now()
+        FROM fin f
+        WHERE d.source = f.source AND d.day = f.day
+    )
+    SELECT array_agg(f) INTO changed FROM fin f;
+
+    IF coalesce(cardinality(p_released), 0) > 0 THEN
+        WITH rel AS (
+            UPDATE datesync.task t
+            SET state = 'queued', attempt = greatest(t.attempt - 1, 0), run_after = now(),
+                lease_owner = NULL, lease_expires_at = NULL
+            WHERE t.id = ANY(p_released) AND t.state = 'running' AND t.lease_owner = p_worker
+            RETURNING t.*
+        )
+        SELECT array_agg(r) INTO released FROM rel r;
+        changed := coalesce(changed, '{}') || coalesce(released, '{}');
+    END IF;
+    IF changed IS NULL OR cardinality(changed) = 0 THEN
+        RETURN;
+    END IF;
+    PERFORM datesync.event_log_tasks(changed);
+    FOR ended IN SELECT * FROM datesync.batch_end_settled(ARRAY(SELECT DISTINCT c.batch_id FROM unnest(changed) c))
+    LOOP
+        ended_states := ended_states || jsonb_build_object(ended.id::text, ended.state);
+    END LOOP;
+    RETURN QUERY
+        SELECT c.id, c.batch_id, c.day, c.state::text, c.attempt, ended_states ->> c.batch_id::text
+        FROM unnest(changed) c;
+END $$;

@@ -44,32 +44,8 @@ WHERE id = $1 AND state IN ('queued', 'running')
 RETURNING id, state;
 
 -- name: batch_finalize
--- End the given running batches that have no unfinished task left, with their final counts.
-WITH done AS (
-    SELECT b.id, b.cancel_requested
-    FROM datesync.batch b
-    WHERE b.id = ANY($1::bigint[]) AND b.state = 'running'
-      AND NOT EXISTS (SELECT 1 FROM datesync.task t WHERE t.batch_id = b.id AND t.state IN ('queued', 'running'))
-    FOR UPDATE OF b SKIP LOCKED
-), counts AS (
-    SELECT t.batch_id,
-           count(*) FILTER (WHERE t.state = 'succeeded') AS succeeded,
-           count(*) FILTER (WHERE t.state = 'failed') AS failed,
-           count(*) FILTER (WHERE t.state = 'skipped') AS skipped,
-           count(*) FILTER (WHERE t.state = 'cancelled') AS cancelled
-    FROM datesync.task t JOIN done ON t.batch_id = done.id
-    GROUP BY t.batch_id
-)
-UPDATE datesync.batch b
-SET state = CASE WHEN done.cancel_requested THEN 'cancelled'
-                 WHEN coalesce(c.failed, 0) > 0 THEN 'failed'
-                 ELSE 'succeeded' END::datesync.batch_state,
-    finished_at = now(),
-    succeeded = coalesce(c.succeeded, 0), failed = coalesce(c.failed, 0),
-    skipped = coalesce(c.skipped, 0), cancelled = coalesce(c.cancelled, 0)
-FROM done LEFT JOIN counts c ON c.batch_id = done.id
-WHERE b.id = done.id
-RETURNING b.id, b.state::text AS state, b.days, b.succeeded, b.failed, b.skipped, b.cancelled;
+-- End the given running batches that have nothing queued or running, logging their final event.
+SELECT * FROM datesync.batch_end_settled($1::bigint[]);
 
 -- name: batch_running_ids
 -- Running batches, for the catch-up scan that finalizes any a crashed daemon left behind.
@@ -77,16 +53,17 @@ SELECT id FROM datesync.batch WHERE state = 'running';
 
 -- name: batch_retry
 -- Requeue a finished batch's failed (and, for a cancelled batch, cancelled) dates; the batch runs again.
-WITH b AS (
-    UPDATE datesync.batch SET state = 'running', cancel_requested = false, finished_at = NULL
-    WHERE id = $1 AND state IN ('failed', 'cancelled')
-      AND EXISTS (SELECT 1 FROM datesync.task t WHERE t.batch_id = $1 AND t.state IN ('failed', 'cancelled'))
-    RETURNING id, started_at
-), t AS (
+-- Task rows are changed before the batch row, the lock order every transaction follows.
+WITH t AS (
     UPDATE datesync.task t
     SET state = 'queued', attempt = 0, run_after = now(), error = NULL, finished_at = NULL
-    FROM b WHERE t.batch_id = b.id AND t.state IN ('failed', 'cancelled')
+    WHERE t.batch_id = $1 AND t.state IN ('failed', 'cancelled')
+      AND EXISTS (SELECT 1 FROM datesync.batch b WHERE b.id = $1 AND b.state IN ('failed', 'cancelled'))
     RETURNING t.id
+), b AS (
+    UPDATE datesync.batch SET state = 'running', cancel_requested = false, finished_at = NULL
+    WHERE id = $1 AND state IN ('failed', 'cancelled') AND EXISTS (SELECT 1 FROM t)
+    RETURNING id
 )
 SELECT b.id, (SELECT count(*) FROM t) AS requeued FROM b;
 

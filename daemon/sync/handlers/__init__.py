@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import functools
 import importlib
 import inspect
-from collections.abc import Awaitable, Callable
+import os
+import sys
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import asyncpg
 
-from daemon.errors import HandlerError
+from daemon.errors import DatesyncError, HandlerError
+from daemon.sources import DEFAULT, SourceEnv
 from daemon.sync.context import SyncContext
 
 HandlerFunc = Callable[[datetime.date, SyncContext], Awaitable[int | None]]
@@ -28,13 +32,21 @@ class Handler:
     sync: HandlerFunc
     setup: SetupFunc | None = None
     close: Callable[[], Awaitable[None]] | None = None
+    # True when the handler leaves no session state (SET, temp tables, LISTEN) on ctx.db, so the daemon can
+    # skip resetting the connection after each date; user code gets the reset.
+    session_safe: bool = False
 
 
 BUILTIN = ("demo", "noop", "http", "sql")
 
 
-def load(spec: str) -> Handler:
-    """Load a handler; raise HandlerError with a clear reason when it cannot be used."""
+def load(spec: str, source: str = "default", env: Mapping[str, str] | None = None) -> Handler:
+    """Load the handler of `source`; raise HandlerError (or SettingsError) naming the variable to fix.
+
+    Built-in handlers read their settings through SourceEnv(source, env): `DATESYNC_<SOURCE>_X`, then
+    `DATESYNC_X` (env defaults to os.environ).
+    """
+    label = "DATESYNC_HANDLER" if source == DEFAULT else f"DATESYNC_SOURCES (source {source})"
     if spec == "demo":
         from daemon.sync.handlers import demo
 
@@ -43,38 +55,73 @@ def load(spec: str) -> Handler:
         from daemon.sync.handlers import noop
 
         return noop.handler()
-    if spec in ("http", "sql"):
-        module = importlib.import_module(f"daemon.sync.handlers.{spec}")
-        made: Handler = module.handler()
-        return made
-    return _load_custom(spec)
+    if spec == "http":
+        from daemon.sync.handlers import http
+
+        return http.handler(SourceEnv(source, env))
+    if spec == "sql":
+        from daemon.sync.handlers import sql
+
+        return sql.handler(SourceEnv(source, env))
+    return _load_custom(spec, f"{label}={spec!r}")
 
 
-def _load_custom(spec: str) -> Handler:
+async def set_up(loaded: Mapping[str, Handler], pool: asyncpg.Pool) -> dict[str, Handler]:
+    """Run every handler's setup once, before the daemon starts; return them without it so the daemon does not
+    repeat it. A failure closes those already set up and raises HandlerError naming the source."""
+    ready: dict[str, Handler] = {}
+    try:
+        for name, handler in loaded.items():
+            try:
+                if handler.setup is not None:
+                    await handler.setup(pool)
+            except DatesyncError:
+                raise
+            except Exception as exc:
+                raise HandlerError(f"source {name}: the {handler.name} handler's setup failed: "
+                                   f"{type(exc).__name__}: {exc}") from exc
+            finally:
+                ready[name] = dataclasses.replace(handler, setup=None)
+    except BaseException:
+        for handler in ready.values():
+            if handler.close is not None:
+                with contextlib.suppress(Exception):
+                    await handler.close()
+        raise
+    return ready
+
+
+def _load_custom(spec: str, label: str) -> Handler:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise HandlerError(
-            f"DATESYNC_HANDLER={spec!r}: expected one of {', '.join(BUILTIN)} or package.module:function"
-        )
+        raise HandlerError(f"{label}: expected one of {', '.join(BUILTIN)} or package.module:function")
+    # Like uvicorn, look in the current folder too: `datesync` started from a console script would not.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
-        raise HandlerError(f"DATESYNC_HANDLER={spec!r}: cannot import {module_name}: {exc}") from exc
+        raise HandlerError(f"{label}: cannot import {module_name}: {type(exc).__name__}: {exc}") from exc
     func = getattr(module, attr, None)
     if func is None or not callable(func):
-        raise HandlerError(f"DATESYNC_HANDLER={spec!r}: {module_name} has no function {attr}")
+        raise HandlerError(f"{label}: {module_name} has no function {attr}")
     try:
         params = list(inspect.signature(func).parameters.values())
     except (TypeError, ValueError) as exc:
-        raise HandlerError(f"DATESYNC_HANDLER={spec!r}: cannot read its signature: {exc}") from exc
+        raise HandlerError(f"{label}: cannot read its signature: {exc}") from exc
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     required = [p for p in positional if p.default is p.empty]
-    if len(positional) < 2 or len(required) > 2:
-        raise HandlerError(
-            f"DATESYNC_HANDLER={spec!r}: a handler takes (day, ctx); {attr}{inspect.signature(func)} does not"
-        )
+    required_kw = [p for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
+    takes_varargs = any(p.kind is p.VAR_POSITIONAL for p in params)
+    if (len(positional) < 2 and not takes_varargs) or len(required) > 2 or required_kw:
+        raise HandlerError(f"{label}: a handler takes (day, ctx); {attr}{inspect.signature(func)} does not")
+    # Optional module-level hooks: `async def setup(pool)` once at start, `async def close()` at stop.
     setup = getattr(module, "setup", None)
-    return Handler(name=spec, sync=_as_async(func), setup=setup if inspect.iscoroutinefunction(setup) else None)
+    close = getattr(module, "close", None)
+    for hook, value in (("setup", setup), ("close", close)):
+        if value is not None and not inspect.iscoroutinefunction(value):
+            raise HandlerError(f"{label}: {module_name}.{hook} must be an async function")
+    return Handler(name=spec, sync=_as_async(func), setup=setup, close=close)
 
 
 def _as_async(func: Callable[..., Any]) -> HandlerFunc:

@@ -123,4 +123,4 @@ async def _finish_failed(conn: Conn, run_id: int, error: str) -> None:
 
 def handler() -> Handler:
     demo = Demo.from_env()
-    return Handler(name="demo", sync=demo.sync, setup=demo.setup)
+    return Handler(name="demo", sync=demo.sync, setup=demo.setup, session_safe=True)

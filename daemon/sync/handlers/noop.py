@@ -13,4 +13,4 @@ async def sync(day: datetime.date, ctx: SyncContext) -> int:
 
 
 def handler() -> Handler:
-    return Handler(name="noop", sync=sync)
+    return Handler(name="noop", sync=sync, session_safe=True)

@@ -1,0 +1,81 @@
+-- Queries of the HTTP API (web/api): reading status rows, and the checks around inserting a batch.
+
+-- name: batch_request
+-- Return the batch an Idempotency-Key made, or an identical unfinished one, else insert one (0002_batch_request).
+-- Run it on its own, never inside a transaction: it must commit right after its INSERT.
+SELECT batch_id, days, outcome FROM datesync.batch_request($1, $2, $3, $4, $5, $6);
+
+-- name: batch_find_by_key
+-- The batch an Idempotency-Key was first used for.
+SELECT id FROM datesync.batch WHERE idempotency_key = $1;
+
+-- name: batch_wake_daemons
+-- Wake the daemons about a batch (delivered at commit), as the insert and cancel triggers do.
+SELECT pg_notify('datesync_batch', $1::text);
+
+-- name: batch_list_newest
+-- One page of batches with live counts, newest first, optionally of one state.
+SELECT * FROM datesync.batch_progress
+WHERE $1::text IS NULL OR state::text = $1
+ORDER BY batch_id DESC
+LIMIT $2 OFFSET $3;
+
+-- name: batch_count_by_state
+-- How many batches batch_list_newest pages through.
+SELECT count(*) FROM datesync.batch WHERE $1::text IS NULL OR state::text = $1;
+
+-- name: task_list_for_batch
+-- The per-date tasks of one batch, in date order.
+SELECT id, day, state::text AS state, attempt, max_attempts, error, rows_synced, run_after, started_at, finished_at,
+       (extract(epoch FROM finished_at - started_at) * 1000)::bigint AS duration_ms
+FROM datesync.task
+WHERE batch_id = $1
+ORDER BY day;
+
+-- name: source_known
+-- Whether a source is configured.
+SELECT EXISTS (SELECT 1 FROM datesync.source WHERE name = $1);
+
+-- name: day_plan_for_range
+-- Each date of a range with its current status (NULL: never synced), for a dry run.
+SELECT g.day::date AS day, d.status::text AS status
+FROM generate_series($2::date, $3::date, interval '1 day') AS g(day)
+LEFT JOIN datesync.day d ON d.source = $1 AND d.day = g.day::date
+ORDER BY g.day;
+
+-- name: day_list_filtered
+-- One page of per-date records, newest date first; every filter is optional ($1 source, $2 from, $3 to,
+-- $4 status).
+SELECT source, day, status::text AS status, attempts, rows_synced, error, batch_id, synced_at, updated_at
+FROM datesync.day
+WHERE ($1::text IS NULL OR source = $1) AND ($2::date IS NULL OR day >= $2) AND ($3::date IS NULL OR day <= $3)
+  AND ($4::text IS NULL OR status::text = $4)
+ORDER BY day DESC, source
+LIMIT $5 OFFSET $6;
+
+-- name: day_count_filtered
+-- How many records day_list_filtered pages through.
+SELECT count(*)
+FROM datesync.day
+WHERE ($1::text IS NULL OR source = $1) AND ($2::date IS NULL OR day >= $2) AND ($3::date IS NULL OR day <= $3)
+  AND ($4::text IS NULL OR status::text = $4);
+
+-- name: status_cards_get
+-- The status page's cards, optionally for one source: dates synced and failed (datesync.day), dates running,
+-- dates queued (queued tasks plus the dates of batches not expanded yet), and the last success.
+WITH days AS (
+    SELECT count(*) FILTER (WHERE status = 'success') AS synced,
+           count(*) FILTER (WHERE status = 'failed') AS failed,
+           max(synced_at) FILTER (WHERE status = 'success') AS last_success_at
+    FROM datesync.day WHERE $1::text IS NULL OR source = $1
+), tasks AS (
+    SELECT count(*) FILTER (WHERE state = 'running') AS running,
+           count(*) FILTER (WHERE state = 'queued') AS queued
+    FROM datesync.task WHERE state IN ('queued', 'running') AND ($1::text IS NULL OR source = $1)
+), unexpanded AS (
+    SELECT coalesce(sum(days), 0)::bigint AS days
+    FROM datesync.batch
+    WHERE state = 'queued' AND NOT cancel_requested AND ($1::text IS NULL OR source = $1)
+)
+SELECT days.synced, days.failed, tasks.running, tasks.queued + unexpanded.days AS queued, days.last_success_at
+FROM days, tasks, unexpanded;

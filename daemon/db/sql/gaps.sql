@@ -1,0 +1,21 @@
+-- Gaps: the dates of a range that are not synced, for the API, the CLI and the schedule's look-back.
+
+-- name: day_gaps
+-- Dates $2..$3 of source $1 that are missing or failed, each with its contiguous range of gaps.
+WITH gap AS (
+    SELECT g.day::date AS day, CASE WHEN d.status IS NULL THEN 'missing' ELSE 'failed' END AS status
+    FROM generate_series($2::date, $3::date, interval '1 day') AS g(day)
+    LEFT JOIN datesync.day d ON d.source = $1 AND d.day = g.day::date
+    WHERE d.status IS NULL OR d.status = 'failed'
+), island AS (
+    -- Consecutive dates share day - row_number(): the classic gaps-and-islands grouping.
+    SELECT day, status, day - (row_number() OVER (ORDER BY day))::integer AS grp FROM gap
+)
+SELECT day, status, min(day) OVER w AS range_start, max(day) OVER w AS range_end
+FROM island
+WINDOW w AS (PARTITION BY grp)
+ORDER BY day;
+
+-- name: source_exists
+-- Whether a source is registered (configured by some daemon).
+SELECT EXISTS (SELECT 1 FROM datesync.source WHERE name = $1);

@@ -1,0 +1,422 @@
+"""`datesync bench`: the engine's speed and cost, measured on a scratch database.
+
+Every figure is a median over repetitions. The daemon runs as a real `datesync daemon` subprocess (so its
+memory and connections are its own), the web side as a real `datesync web` subprocess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import psutil
+
+from daemon.db.queries import q
+from daemon.runtime import database, migrate_and_register
+from daemon.settings import Settings
+from daemon.sync.context import SyncContext
+
+ROOT = Path(__file__).resolve().parent.parent
+YESTERDAY = datetime.date.today() - datetime.timedelta(days=2)  # "before today" in every time zone
+
+KEYS = (
+    "drain_dates_per_s", "drain_c1_dates_per_s", "wake_p50_ms", "wake_p99_ms", "post_p50_ms", "post_p99_ms",
+    "sse_p50_ms", "sse_p99_ms", "expand_3660_ms", "claim_ms_at_0", "claim_ms_at_1m", "daemon_rss_mb",
+    "connections",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    drain_dates: int = 10_000
+    drain_c1_dates: int = 2_000
+    repeats: int = 3
+    wake_samples: int = 200
+    claim_queue: int = 1_000_000
+    rss_queue: int = 100_000
+    post_clients: int = 50
+    post_requests: int = 1_000
+    sse_events: int = 500
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(drain_dates=2_000, drain_c1_dates=300, repeats=1, wake_samples=30, claim_queue=50_000,
+                   rss_queue=10_000, post_requests=200, sse_events=100)
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+# -- the wake probe's handler --------------------------------------------------------------------------
+
+async def stamp(day: datetime.date, ctx: SyncContext) -> int:
+    """Bench handler: record the wall-clock time the handler started."""
+    started = time.time()
+    await ctx.db.execute("INSERT INTO datesync_bench.wake (task_id, started) VALUES ($1, $2)", ctx.task_id, started)
+    return 0
+
+
+# -- scratch database and subprocesses -----------------------------------------------------------------
+
+def _with_database(dsn: str, name: str) -> str:
+    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(dsn: str) -> AsyncIterator[str]:
+    """A new database on the same server, migrated, dropped afterwards."""
+    name = f"datesync_bench_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        bench_dsn = _with_database(dsn, name)
+        conn = await asyncpg.connect(bench_dsn)
+        try:
+            await migrate_and_register(conn, Settings(max_range_days=20_000), {"default": "noop"})
+            await conn.execute("CREATE SCHEMA datesync_bench; "
+                               "CREATE TABLE datesync_bench.wake (task_id bigint PRIMARY KEY, started float8)")
+        finally:
+            await conn.close()
+        yield bench_dsn
+    finally:
+        with contextlib.suppress(asyncpg.PostgresError):
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@contextlib.asynccontextmanager
+async def subprocess_cli(command: str, dsn: str, env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
+    full = {**os.environ, "DATABASE_URL": dsn, "LOG_FORMAT": "json", "LOG_LEVEL": "warning",
+            "DATESYNC_MAX_RANGE_DAYS": "20000", "PYTHONPATH": str(ROOT), **env}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "datesync.cli", command, env=full, cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def _wait(predicate: Callable[[], Awaitable[Any]], timeout: float, what: str, interval: float = 0.01) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"bench: {what} did not happen within {timeout:g} s")
+        await asyncio.sleep(interval)
+
+
+async def _daemon_ready(conn: asyncpg.Connection, timeout: float = 30) -> None:
+    async def listening() -> bool:
+        return bool(await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name = 'datesync-daemon-listener'"))
+    await _wait(listening, timeout, "the daemon's start")
+
+
+async def _insert_batch(conn: asyncpg.Connection, days: int, force: bool = True) -> int:
+    start = YESTERDAY - datetime.timedelta(days=days - 1)
+    return int(await conn.fetchval(q("batch_insert"), "default", start, YESTERDAY, force, None, "bench"))
+
+
+async def _reset(conn: asyncpg.Connection) -> None:
+    await conn.execute("TRUNCATE datesync.batch, datesync.task, datesync.day, datesync.event, "
+                       "datesync_bench.wake RESTART IDENTITY CASCADE")
+
+
+# -- measurements --------------------------------------------------------------------------------------
+
+async def measure_expand(dsn: str, sizes: Sizes) -> dict[str, float]:
+    """Expanding one 3,660-day batch into tasks (one statement), without a daemon."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        samples = []
+        for _ in range(max(3, sizes.repeats)):
+            await _reset(conn)
+            await _insert_batch(conn, 3660)
+            started = time.perf_counter()
+            async with conn.transaction():
+                await conn.fetchrow(q("batch_expand_next"), 3)
+            samples.append((time.perf_counter() - started) * 1000)
+        return {"expand_3660_ms": statistics.median(samples)}
+    finally:
+        await _reset(conn)
+        await conn.close()
+
+
+async def measure_claim(dsn: str, sizes: Sizes) -> dict[str, float]:
+    """One claim of one task: alone in the queue, and behind `claim_queue` queued tasks of other batches."""
+    conn = await asyncpg.connect(dsn)
+    claim = q("task_claim")
+
+    async def one_claim() -> float:
+        async with conn.transaction():
+            started = time.perf_counter()
+            rows = await conn.fetch(claim, "bench", 1, 60.0, ["default"])
+            elapsed = (time.perf_counter() - started) * 1000
+            assert len(rows) == 1
+            raise _Rollback(elapsed)
+
+    async def median_claim() -> float:
+        samples = []
+        for _ in range(21):
+            try:
+                await one_claim()
+            except _Rollback as done:
+                samples.append(done.elapsed)
+        return statistics.median(samples[1:])  # the first one warms the plan cache
+
+    try:
+        await _reset(conn)
+        await _insert_batch(conn, 1)
+        await conn.fetchrow(q("batch_expand_next"), 3)
+        await conn.execute("ANALYZE datesync.task")
+        at_0 = await median_claim()
+        # Fill the queue behind it with other batches' tasks, each (source, day) queued many times over.
+        remaining = sizes.claim_queue
+        while remaining > 0:
+            days = min(3660, remaining)
+            await _insert_batch(conn, days)
+            await conn.fetchrow(q("batch_expand_next"), 3)
+            remaining -= days
+        await conn.execute("VACUUM ANALYZE datesync.task")
+        at_1m = await median_claim()
+        return {"claim_ms_at_0": at_0, "claim_ms_at_1m": at_1m}
+    finally:
+        await _reset(conn)
+        await conn.close()
+
+
+class _Rollback(Exception):
+    def __init__(self, elapsed: float) -> None:
+        self.elapsed = elapsed
+
+
+async def measure_drain(dsn: str, dates: int, concurrency: int, repeats: int) -> dict[str, float]:
+    """Dates per second from a batch's INSERT to its final state, noop handler, one daemon; and the most
+    connections that daemon held meanwhile."""
+    conn = await asyncpg.connect(dsn)
+    rates: list[float] = []
+    peak_connections = 0
+    env = {"DATESYNC_HANDLER": "noop", "DATESYNC_CONCURRENCY": str(concurrency)}
+    try:
+        await _reset(conn)
+        async with subprocess_cli("daemon", dsn, env):
+            await _daemon_ready(conn)
+            for _ in range(repeats):
+                batch_id = await _insert_batch(conn, dates)
+                started = time.perf_counter()
+
+                async def final(batch_id: int = batch_id) -> bool:
+                    nonlocal peak_connections
+                    peak_connections = max(peak_connections, await conn.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND application_name LIKE 'datesync-daemon%'"))
+                    state = await conn.fetchval("SELECT state::text FROM datesync.batch WHERE id = $1", batch_id)
+                    return state in ("succeeded", "failed", "cancelled")
+
+                await _wait(final, 600, f"draining {dates} dates", interval=0.005)
+                rates.append(dates / (time.perf_counter() - started))
+        return {"rate": statistics.median(rates), "connections": float(peak_connections)}
+    finally:
+        await _reset(conn)
+        await conn.close()
+
+
+async def measure_wake(dsn: str, sizes: Sizes) -> dict[str, float]:
+    """INSERT commit to handler start, with the daemon idle between samples."""
+    conn = await asyncpg.connect(dsn)
+    latencies: list[float] = []
+    env = {"DATESYNC_HANDLER": "datesync.bench:stamp", "DATESYNC_POLL_INTERVAL": "600"}
+    try:
+        await _reset(conn)
+        async with subprocess_cli("daemon", dsn, env):
+            await _daemon_ready(conn)
+            for _ in range(sizes.wake_samples):
+                await asyncio.sleep(0.02)  # idle again
+                batch_id = await _insert_batch(conn, 1)
+                committed = time.time()
+
+                async def started(batch_id: int = batch_id) -> float | None:
+                    value = await conn.fetchval(
+                        "SELECT w.started FROM datesync_bench.wake w JOIN datesync.task t ON t.id = w.task_id "
+                        "WHERE t.batch_id = $1", batch_id)
+                    return None if value is None else float(value)
+
+                latencies.append((await _wait(started, 30, "a wake-up", interval=0.002) - committed) * 1000)
+        return {"wake_p50_ms": percentile(latencies, 50), "wake_p99_ms": percentile(latencies, 99)}
+    finally:
+        await _reset(conn)
+        await conn.close()
+
+
+async def measure_rss(dsn: str, sizes: Sizes) -> dict[str, float]:
+    """The daemon's resident memory while `rss_queue` tasks are queued for it (it works through them)."""
+    conn = await asyncpg.connect(dsn)
+    env = {"DATESYNC_HANDLER": "demo", "DATESYNC_DEMO_DELAY_MS": "500", "DATESYNC_CONCURRENCY": "10"}
+    try:
+        await _reset(conn)
+        async with subprocess_cli("daemon", dsn, env) as proc:
+            await _daemon_ready(conn)
+            remaining = sizes.rss_queue
+            while remaining > 0:
+                days = min(3660, remaining)
+                await _insert_batch(conn, days)
+                remaining -= days
+            await _wait(lambda: conn.fetchval("SELECT count(*) > 0 FROM datesync.task WHERE state = 'running'"),
+                        60, "the daemon starting work")
+            await asyncio.sleep(2)
+            rss = psutil.Process(proc.pid).memory_info().rss / 2**20
+        return {"daemon_rss_mb": rss}
+    finally:
+        await _reset(conn)
+        await conn.close()
+
+
+async def measure_post(dsn: str, sizes: Sizes) -> dict[str, float]:
+    """POST /sync/batch latency under `post_clients` concurrent clients, each posting distinct one-day batches."""
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}/api/v1/sync-status"
+    latencies: list[float] = []
+    conn = await asyncpg.connect(dsn)
+    try:
+        await _reset(conn)
+        limits = httpx.Limits(max_connections=sizes.post_clients)
+        web = subprocess_cli("web", dsn, {"PORT": str(port)})
+        async with web, httpx.AsyncClient(timeout=30, limits=limits) as client:
+            await _wait(lambda: _healthy(client, f"http://127.0.0.1:{port}/healthz"), 30, "the web server")
+            counter = iter(range(sizes.post_requests))
+
+            async def worker() -> None:
+                for i in counter:
+                    day = (YESTERDAY - datetime.timedelta(days=i % 3000)).isoformat()
+                    body = {"start_date": day, "end_date": day, "force": i >= 3000}
+                    started = time.perf_counter()
+                    response = await client.post(base + "/sync/batch", json=body)
+                    latencies.append((time.perf_counter() - started) * 1000)
+                    if response.status_code >= 500:
+                        raise RuntimeError(f"bench: POST answered {response.status_code}")
+
+            await asyncio.gather(*(worker() for _ in range(sizes.post_clients)))
+        return {"post_p50_ms": percentile(latencies, 50), "post_p99_ms": percentile(latencies, 99)}
+    finally:
+        await _reset(conn)
+        await conn.close()
+
+
+async def measure_sse(dsn: str, sizes: Sizes) -> dict[str, float]:
+    """Task commit to the event reaching an SSE client on /events (daemon: noop, web: separate process)."""
+    port = _free_port()
+    conn = await asyncpg.connect(dsn)
+    latencies: list[float] = []
+    try:
+        await _reset(conn)
+        async with subprocess_cli("web", dsn, {"PORT": str(port)}), \
+                subprocess_cli("daemon", dsn, {"DATESYNC_HANDLER": "noop", "DATESYNC_CONCURRENCY": "2"}):
+            await _daemon_ready(conn)
+            async with httpx.AsyncClient(timeout=60) as client:
+                await _wait(lambda: _healthy(client, f"http://127.0.0.1:{port}/healthz"), 30, "the web server")
+                url = f"http://127.0.0.1:{port}/api/v1/sync-status/events"
+                async with client.stream("GET", url) as stream:
+                    reader = asyncio.create_task(_read_task_events(stream, latencies, sizes.sse_events))
+                    await asyncio.sleep(0.3)
+                    for _ in range(sizes.sse_events // 2 + 1):
+                        await _insert_batch(conn, 1)
+                        await asyncio.sleep(0.01)
+                    await asyncio.wait_for(reader, 60)
+        return {"sse_p50_ms": percentile(latencies, 50), "sse_p99_ms": percentile(latencies, 99)}
+    finally:
+        await _reset(conn)
+        await conn.close()
+
+
+async def _read_task_events(stream: httpx.Response, latencies: list[float], wanted: int) -> None:
+    import json
+
+    async for line in stream.aiter_lines():
+        if line.startswith("data:"):
+            payload = json.loads(line[5:])
+            if payload.get("kind") == "task" and payload.get("at"):
+                at = datetime.datetime.fromisoformat(payload["at"]).timestamp()
+                latencies.append((time.time() - at) * 1000)
+                if len(latencies) >= wanted:
+                    return
+
+
+async def _healthy(client: httpx.AsyncClient, url: str) -> bool:
+    try:
+        return (await client.get(url)).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# -- the whole run ---------------------------------------------------------------------------------------
+
+async def run(settings: Settings, sizes: Sizes, progress: Callable[[str], None]) -> dict[str, float]:
+    """Every measurement, on a scratch database of DATABASE_URL's server (or a fresh embedded one)."""
+    async with database(settings, own_embedded=False) as db:
+        server_dsn = _with_database(db.dsn, "postgres") if db.embedded is None else db.embedded.dsn("postgres")
+        if settings.database_url:
+            server_dsn = settings.database_url
+        async with scratch_database(server_dsn) as dsn:
+            results: dict[str, float] = {}
+            progress("expand")
+            results.update(await measure_expand(dsn, sizes))
+            progress(f"claim ({sizes.claim_queue:,} queued)")
+            results.update(await measure_claim(dsn, sizes))
+            progress(f"drain ({sizes.drain_dates:,} dates, concurrency 10)")
+            drain = await measure_drain(dsn, sizes.drain_dates, 10, sizes.repeats)
+            results["drain_dates_per_s"] = drain["rate"]
+            results["connections"] = drain["connections"]
+            progress(f"drain ({sizes.drain_c1_dates:,} dates, concurrency 1)")
+            results["drain_c1_dates_per_s"] = (await measure_drain(dsn, sizes.drain_c1_dates, 1, sizes.repeats))["rate"]
+            progress(f"wake ({sizes.wake_samples} samples)")
+            results.update(await measure_wake(dsn, sizes))
+            progress(f"daemon memory ({sizes.rss_queue:,} queued)")
+            results.update(await measure_rss(dsn, sizes))
+            progress(f"POST ({sizes.post_clients} clients)")
+            results.update(await measure_post(dsn, sizes))
+            progress("SSE")
+            results.update(await measure_sse(dsn, sizes))
+            return {k: round(results[k], 3) for k in KEYS}
+
+
+async def drain_curve(settings: Settings, concurrencies: list[int], dates: int, repeats: int) -> dict[int, float]:
+    """Throughput against concurrency, for bench/README.md's plot."""
+    async with database(settings, own_embedded=False) as db:
+        server_dsn = settings.database_url or (db.embedded.dsn("postgres") if db.embedded else db.dsn)
+        async with scratch_database(server_dsn) as dsn:
+            return {c: (await measure_drain(dsn, dates, c, repeats))["rate"] for c in concurrencies}

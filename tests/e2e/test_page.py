@@ -1,0 +1,316 @@
+"""The status page in a real browser against a real server, daemon and database: loading, a live 7-day
+backfill, the server's validation errors next to their fields, cancel, retry, the heat map, the token, the
+event stream's resume, and the Chinese view."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import re
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from playwright.async_api import Locator, expect
+
+from daemon.settings import Settings
+from tests.e2e.conftest import OpenPage, Watched
+from tests.support.server import Live, live_server
+
+NOTHING_YET = "\u2013"  # what a card shows before its first answer
+TODAY = datetime.datetime.now(datetime.UTC).date()
+
+
+def day(offset: int) -> str:
+    """The ISO date `offset` days from today (UTC, the server's zone)."""
+    return (TODAY + datetime.timedelta(days=offset)).isoformat()
+
+
+@contextlib.asynccontextmanager
+async def served(dsn: str, monkeypatch: pytest.MonkeyPatch, *, delay_ms: int = 50, fail: tuple[str, ...] = (),
+                 daemon: bool = True, **settings: object) -> AsyncIterator[Live]:
+    monkeypatch.setenv("DATESYNC_DEMO_DELAY_MS", str(delay_ms))
+    monkeypatch.setenv("DATESYNC_DEMO_FAIL_DATES", ",".join(fail))
+    base = Settings(retry_delay=0.05, poll_interval=5, max_attempts=2)
+    async with live_server(dsn, base.replace(**settings), daemon=daemon) as live:
+        yield live
+
+
+async def ready(w: Watched) -> None:
+    """The page has drawn its data and its event stream is open."""
+    await expect(w.page.locator("#conn")).to_have_attribute("data-state", "open")
+    await expect(w.page.locator("#card-synced")).not_to_have_text(NOTHING_YET)
+    await expect(w.page.locator(".heat-table td.cell").first).to_be_visible()
+
+
+async def start_from_form(w: Watched, start: str, end: str) -> None:
+    await w.page.fill("#start_date", start)
+    await w.page.fill("#end_date", end)
+    await w.page.click("#start")
+
+
+def batch(w: Watched, batch_id: int | None = None) -> Locator:
+    selector = f'li.batch[data-id="{batch_id}"]' if batch_id is not None else "li.batch"
+    return w.page.locator(selector).first
+
+
+async def test_page_loads_without_console_errors(dsn: str, monkeypatch: pytest.MonkeyPatch,
+                                                 open_page: OpenPage) -> None:
+    async with served(dsn, monkeypatch) as live:
+        w = await open_page(live.base_url)
+        await ready(w)
+        page = w.page
+        assert await page.title() == "datesync · sync status"
+        assert await page.get_attribute("html", "lang") == "en"
+        await expect(page.locator("#card-synced")).to_have_text("0")
+        await expect(page.locator("#card-last")).to_have_text("Never")
+        await expect(page.locator("#batches-empty")).to_be_visible()
+        # Twelve months of days, and one of them (the newest) is the heat map's keyboard stop.
+        assert await page.locator(".heat-table td.cell").count() == 365
+        assert await page.locator('.heat-table td.cell[tabindex="0"]').get_attribute("data-day") == day(0)
+        # Every control has an accessible name.
+        for control in ("#start_date", "#end_date", "#force", "#start", "#lang", "#hm-period"):
+            await expect(page.locator(control)).to_have_accessible_name(re.compile(r"\w"))
+        response = await page.request.get("/")
+        assert "default-src 'self'" in response.headers["content-security-policy"]
+        await page.wait_for_timeout(300)
+        assert w.errors == []
+        assert w.foreign == []
+
+
+async def test_a_seven_day_batch_progresses_and_completes_without_a_reload(
+        dsn: str, monkeypatch: pytest.MonkeyPatch, open_page: OpenPage) -> None:
+    async with served(dsn, monkeypatch, delay_ms=300, concurrency=2) as live:
+        w = await open_page(live.base_url)
+        await ready(w)
+        page = w.page
+        await page.evaluate("window.__sameDocument = true")
+        await start_from_form(w, day(-20), day(-14))
+        await expect(page.locator("#form-message")).to_have_text("Batch sync started: 7 days will be synced")
+        item = batch(w)
+        bar = item.locator('[role="progressbar"]')
+        await expect(bar).to_have_attribute("aria-valuemax", "7")
+        seen: set[int] = set()
+        for _ in range(200):
+            seen.add(int(await bar.get_attribute("aria-valuenow") or 0))
+            if 7 in seen:
+                break
+            await asyncio.sleep(0.05)
+        assert any(0 < n < 7 for n in seen), f"no intermediate progress seen: {sorted(seen)}"
+        await expect(item.locator(".batch-toggle .badge")).to_have_text("Succeeded")
+        await expect(item.locator(".stat-done dd")).to_have_text("7 / 7")
+        await expect(item.locator(".stat-failed dd")).to_have_text("0")
+        await expect(item.locator(".stat-rate dd")).to_have_text(re.compile(r"dates/(s|min)"))
+        await expect(item.locator(".cancel")).to_be_hidden()
+        await expect(page.locator("#card-synced")).to_have_text("7")
+        await expect(page.locator("#card-last")).not_to_have_text("Never")
+        for offset in range(-20, -13):
+            await expect(page.locator(f'td.cell[data-day="{day(offset)}"]')).to_have_attribute(
+                "data-status", "success")
+        # The batch's dates, on demand.
+        await item.locator(".batch-toggle").click()
+        await expect(item.locator(".batch-toggle")).to_have_attribute("aria-expanded", "true")
+        rows = item.locator("tbody tr")
+        await expect(rows).to_have_count(7)
+        await expect(rows.first.locator("td").nth(1)).to_have_text("Succeeded")
+        await expect(rows.first.locator("td").nth(2)).to_have_text("1 / 2")
+        assert await page.evaluate("window.__sameDocument") is True
+        assert w.errors == []
+
+
+async def test_a_bad_range_shows_the_servers_error_next_to_the_field(
+        dsn: str, monkeypatch: pytest.MonkeyPatch, open_page: OpenPage) -> None:
+    async with served(dsn, monkeypatch, daemon=False) as live, httpx.AsyncClient(base_url=live.api) as client:
+        w = await open_page(live.base_url)
+        page = w.page
+        await expect(page.locator("#card-synced")).to_have_text("0")
+
+        expected = (await client.post("/sync/batch", json={"start_date": day(-3), "end_date": day(-10)})).json()
+        [error] = [e for e in expected["errors"] if e["field"] == "start_date"]
+        await start_from_form(w, day(-3), day(-10))
+        await expect(page.locator("#start_date-error")).to_have_text(error["message"])
+        await expect(page.locator("#start_date")).to_have_attribute("aria-invalid", "true")
+        await expect(page.locator("#start_date")).to_be_focused()
+        await expect(page.locator("#form-message")).to_have_text(expected["message"])
+        await expect(page.locator("#end_date-error")).to_be_hidden()
+
+        future = (await client.post("/sync/batch", json={"start_date": day(-1), "end_date": day(3)})).json()
+        [error] = [e for e in future["errors"] if e["field"] == "end_date"]
+        await start_from_form(w, day(-1), day(3))
+        await expect(page.locator("#end_date-error")).to_have_text(error["message"])
+        await expect(page.locator("#end_date")).to_have_attribute("aria-invalid", "true")
+        await expect(page.locator("#start_date")).not_to_have_attribute("aria-invalid", "true")
+        # Changing the field clears its error.
+        await page.fill("#end_date", day(-1))
+        await page.locator("#end_date").dispatch_event("change")
+        await expect(page.locator("#end_date-error")).to_be_hidden()
+        assert await live.state.pool.fetchval("SELECT count(*) FROM datesync.batch") == 0
+
+
+async def test_cancel_stops_a_running_batch(dsn: str, monkeypatch: pytest.MonkeyPatch,
+                                            open_page: OpenPage) -> None:
+    async with served(dsn, monkeypatch, delay_ms=300, concurrency=2) as live, \
+            httpx.AsyncClient(base_url=live.api) as client:
+        w = await open_page(live.base_url)
+        await ready(w)
+        page = w.page
+        # Started elsewhere (another tab, the CLI): the page learns of it from the stream.
+        answer = await client.post("/sync/batch", json={"start_date": day(-60), "end_date": day(-31)})
+        batch_id = answer.json()["data"]["batch_id"]
+        item = batch(w, batch_id)
+        await expect(item.locator(".batch-toggle .badge")).to_have_text("Running")
+        await expect(item.locator(".stat-done dd")).not_to_have_text(re.compile(r"^0 /"))
+        await item.locator(".cancel").click()
+        await expect(page.locator("#batch-message")).not_to_be_empty()
+        await expect(item.locator(".batch-toggle .badge")).to_have_text("Cancelled")
+        await expect(item.locator(".cancel")).to_be_hidden()
+        await expect(item.locator(".retry")).to_be_visible()
+        done = await item.locator(".stat-done dd").text_content()
+        assert done is not None and done.endswith("/ 30")
+        progress = await live.state.pool.fetchrow(
+            "SELECT state, cancelled FROM datesync.batch_progress WHERE batch_id = $1", batch_id)
+        assert progress is not None and progress["state"] == "cancelled" and progress["cancelled"] > 0
+        assert w.errors == []
+
+
+async def test_a_failed_date_is_red_on_the_heat_map_and_retry_requeues_it(
+        dsn: str, monkeypatch: pytest.MonkeyPatch, open_page: OpenPage) -> None:
+    bad = day(-12)
+    async with served(dsn, monkeypatch, fail=(bad,)) as live:
+        w = await open_page(live.base_url)
+        await ready(w)
+        page = w.page
+        await start_from_form(w, day(-14), day(-10))
+        item = batch(w)
+        await expect(item.locator(".batch-toggle .badge")).to_have_text("Failed")
+        await expect(item.locator(".stat-failed dd")).to_have_text("1")
+        await expect(page.locator("#card-failed")).to_have_text("1")
+
+        cell = page.locator(f'td.cell[data-day="{bad}"]')
+        await expect(cell).to_have_attribute("data-status", "failed")
+        colour = "el => getComputedStyle(el).backgroundColor"
+        failed_colour = await page.locator('.legend .swatch[data-status="failed"]').evaluate(colour)
+        assert await cell.evaluate(colour) == failed_colour
+        assert await page.locator(f'td.cell[data-day="{day(-13)}"]').evaluate(colour) != failed_colour
+        await cell.hover()
+        await expect(page.locator("#hm-tip")).to_be_visible()
+        await expect(page.locator("#hm-tip")).to_contain_text("Failed")
+        await expect(page.locator("#hm-tip")).to_contain_text(f"demo upstream has no data for {bad}")
+
+        await item.locator(".batch-toggle").click()
+        row = item.locator(f'tbody tr[data-day="{bad}"]')
+        await expect(row.locator("td").nth(1)).to_have_text("Failed")
+        await expect(row.locator("td").nth(2)).to_have_text("2 / 2")
+        await expect(row.locator("td").nth(5)).to_contain_text("demo upstream has no data")
+
+        # The upstream recovers; Retry failed requeues the one date and the batch ends well.
+        assert live.daemon is not None
+        demo = live.daemon.handlers["default"].sync.__self__  # type: ignore[attr-defined]
+        demo.fail_dates = frozenset()
+        await item.locator(".retry").click()
+        await expect(page.locator("#batch-message")).not_to_be_empty()
+        await expect(item.locator(".batch-toggle .badge")).to_have_text("Succeeded")
+        await expect(item.locator(".stat-failed dd")).to_have_text("0")
+        await expect(cell).to_have_attribute("data-status", "success")
+        await expect(row.locator("td").nth(1)).to_have_text("Succeeded")
+        await expect(page.locator("#card-failed")).to_have_text("0")
+        await expect(page.locator("#card-synced")).to_have_text("5")
+        assert w.errors == []
+
+
+async def test_selecting_days_on_the_heat_map_fills_the_form(
+        dsn: str, monkeypatch: pytest.MonkeyPatch, open_page: OpenPage) -> None:
+    async with served(dsn, monkeypatch, daemon=False) as live:
+        w = await open_page(live.base_url)
+        page = w.page
+        first = page.locator(f'td.cell[data-day="{day(-30)}"]')
+        last = page.locator(f'td.cell[data-day="{day(-26)}"]')
+        await first.scroll_into_view_if_needed()
+        a = await first.bounding_box()
+        b = await last.bounding_box()
+        assert a and b
+        await page.mouse.move(a["x"] + a["width"] / 2, a["y"] + a["height"] / 2)
+        await page.mouse.down()
+        await page.mouse.move(b["x"] + b["width"] / 2, b["y"] + b["height"] / 2, steps=5)
+        await page.mouse.up()
+        await expect(page.locator("#start_date")).to_have_value(day(-30))
+        await expect(page.locator("#end_date")).to_have_value(day(-26))
+        await expect(page.locator("#hm-selection")).to_contain_text("5 days, 5 not synced, 0 failed")
+        assert await page.locator('td.cell[aria-selected="true"]').count() == 5
+        # The keyboard does the same: Enter picks a day, Shift+Right extends by a week.
+        await first.focus()
+        await page.keyboard.press("Enter")
+        await page.keyboard.press("Shift+ArrowRight")
+        await expect(page.locator("#start_date")).to_have_value(day(-30))
+        await expect(page.locator("#end_date")).to_have_value(day(-23))
+        await expect(page.locator("#form-days")).to_have_text("8 days")
+
+
+async def test_a_token_is_kept_and_sent_when_the_api_needs_one(
+        dsn: str, monkeypatch: pytest.MonkeyPatch, open_page: OpenPage) -> None:
+    async with served(dsn, monkeypatch, api_token="s3cret-token") as live:
+        w = await open_page(live.base_url)
+        await ready(w)
+        page = w.page
+        await start_from_form(w, day(-5), day(-4))
+        await expect(page.locator("#form-message")).to_have_attribute("data-kind", "error")
+        await expect(page.locator("#settings")).to_have_attribute("open", "")
+        await page.fill("#token", "s3cret-token")
+        await page.press("#token", "Enter")
+        await expect(page.locator("#token-status")).to_have_text("Token saved in this browser.")
+        await page.click("#start")
+        await expect(page.locator("#form-message")).to_have_text("Batch sync started: 2 days will be synced")
+        await page.reload()
+        await expect(page.locator("#token")).to_have_value("s3cret-token")
+        await expect(batch(w).locator(".batch-toggle .badge")).to_have_text("Succeeded")
+
+
+async def test_the_stream_resumes_after_the_last_event_it_saw(
+        dsn: str, monkeypatch: pytest.MonkeyPatch, open_page: OpenPage) -> None:
+    async with served(dsn, monkeypatch) as live, httpx.AsyncClient(base_url=live.api) as client:
+        w = await open_page(live.base_url)
+        await ready(w)
+        page = w.page
+        first = (await client.post("/sync/batch", json={"start_date": day(-9), "end_date": day(-8)})).json()
+        await expect(batch(w, first["data"]["batch_id"]).locator(".batch-toggle .badge")).to_have_text("Succeeded")
+        last_id = await page.evaluate("window.datesync.stream.lastId")
+        assert last_id
+        opened: list[str] = []
+        page.on("request", lambda r: opened.append(r.url) if "/events" in r.url else None)
+
+        await w.context.set_offline(True)
+        await expect(page.locator("#conn")).not_to_have_attribute("data-state", "open")
+        second = (await client.post("/sync/batch", json={"start_date": day(-7), "end_date": day(-6)})).json()
+        await asyncio.sleep(0.5)  # the second batch runs while the page is cut off
+        await w.context.set_offline(False)
+        await expect(page.locator("#conn")).to_have_attribute("data-state", "open")
+        assert any(f"last_event_id={last_id}" in url for url in opened), opened
+        await expect(batch(w, second["data"]["batch_id"]).locator(".batch-toggle .badge")).to_have_text("Succeeded")
+        await expect(page.locator("#card-synced")).to_have_text("4")
+
+
+async def test_the_chinese_view(dsn: str, monkeypatch: pytest.MonkeyPatch, open_page: OpenPage) -> None:
+    async with served(dsn, monkeypatch) as live:
+        w = await open_page(live.base_url, locale="zh-CN")
+        await ready(w)
+        page = w.page
+        assert await page.get_attribute("html", "lang") == "zh-CN"
+        await expect(page.locator("#form-h")).to_have_text("批量同步")
+        await expect(page.locator("#conn-text")).to_have_text("实时")
+        await expect(page.locator("#lang")).to_have_value("zh")
+        await expect(page.locator("#card-last")).to_have_text("从未")
+        await start_from_form(w, day(-5), day(-4))
+        await expect(page.locator("#form-message")).to_have_text("批量同步任务已启动，将同步 2 天的数据")  # noqa: RUF001
+        item = batch(w)
+        await expect(item.locator(".batch-toggle .badge")).to_have_text("成功")
+        await expect(item.locator(".stat-done dt")).to_have_text("完成")
+        await expect(page.locator("#card-last")).to_contain_text("年")
+        # The switch wins over the browser's language, and is remembered.
+        await page.select_option("#lang", "en")
+        await expect(page.locator("#form-h")).to_have_text("Start a backfill")
+        await expect(item.locator(".batch-toggle .badge")).to_have_text("Succeeded")
+        await page.reload()
+        await expect(page.locator("#form-h")).to_have_text("Start a backfill")
+        assert await page.get_attribute("html", "lang") == "en"
+        assert w.errors == []

@@ -1,0 +1,72 @@
+"""Every failure becomes an error envelope: ApiError and Starlette's HTTPException as themselves, anything
+else (a bug, the database gone) as a 500/503 without details, logged. Never a traceback to the client."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import structlog
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from daemon.db.connect import CONNECT_ERRORS
+from web.api.envelope import ApiError, Msg, failure
+from web.api.i18n import Lang, preferred
+
+log = structlog.get_logger("datesync.web")
+
+
+def _lang(headers: Mapping[str, str]) -> Lang:
+    return preferred(headers.get("accept-language"))
+
+
+async def api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return failure(exc, _lang(request.headers))
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404 (no route) and 405 (wrong method), and any HTTPException, as an envelope."""
+    assert isinstance(exc, HTTPException)
+    params = {"method": request.method, "path": request.url.path, "status": exc.status_code}
+    key = {404: "route_not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return failure(ApiError(exc.status_code, message=Msg(key, params), headers=exc.headers), _lang(request.headers))
+
+
+EXCEPTION_HANDLERS: dict[Any, Callable[[Request, Exception], Any]] = {
+    ApiError: api_error,
+    HTTPException: http_error,
+}
+
+
+class Guard:
+    """Last resort for exceptions no handler took: log them, answer 503 (database unreachable) or 500."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            log.error("api_unhandled_error", method=scope.get("method"), path=scope.get("path"), exc_info=exc)
+            if started:  # a stream broke mid-way: nothing can be sent any more
+                raise
+            status, key = (503, "database_unavailable") if isinstance(exc, CONNECT_ERRORS) else (500, "internal_error")
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
+            response = failure(ApiError(status, message=Msg(key)), _lang(headers))
+            await response(scope, receive, send)
