@@ -38,7 +38,11 @@ class Listener:
         application_name: str = "datesync-listener",
         ping_interval: float = 15.0,
         max_backoff: float = 30.0,
+        idle: Callable[[], bool] | None = None,
     ) -> None:
+        """`idle`, when given and true, lets the database sleep (Neon suspends a compute after 5 minutes
+        without queries; an idle LISTEN connection does not count, our pings would): no pings, and after a
+        drop no reconnect until resume() is called (the owner's next poll or wake-up)."""
         if dsns.is_pooler(dsn):
             raise SettingsError(
                 "LISTEN needs a direct connection, but the URL is a Neon -pooler endpoint; set "
@@ -54,6 +58,12 @@ class Listener:
         self.connected = asyncio.Event()
         self.reconnects = 0
         self.backend_pid: int | None = None
+        self.idle = idle or (lambda: False)
+        self._resume = asyncio.Event()
+
+    def resume(self) -> None:
+        """Reconnect now if the connection was dropped while idle."""
+        self._resume.set()
 
     async def run(self) -> None:
         """Hold the connection; return only when cancelled."""
@@ -97,16 +107,25 @@ class Listener:
             if down_since is None:
                 down_since = time.monotonic()
                 log.warning("listener_connection_lost", error="connection closed")
+            if self.idle():
+                # Reconnecting now would wake a suspended compute for nothing; wait for real activity.
+                log.info("listener_waiting_for_activity")
+                self._resume.clear()
+                await self._resume.wait()
+                backoff = 0.25
+                continue
             await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, self.max_backoff)
 
     async def _watch(self, conn: asyncpg.Connection, lost: asyncio.Event) -> None:
-        # The termination listener sees a closed socket at once; the ping finds a half-open one.
+        # The termination listener sees a closed socket at once; the ping finds a half-open one (not while
+        # idle: a ping would keep the database awake).
         while not lost.is_set():
             try:
                 await asyncio.wait_for(lost.wait(), self.ping_interval)
             except TimeoutError:
-                await asyncio.wait_for(conn.execute("SELECT 1"), timeout=10)
+                if not self.idle():
+                    await asyncio.wait_for(conn.execute("SELECT 1"), timeout=10)
 
     def _dispatch(self, _conn: object, _pid: int, channel: str, payload: object) -> None:
         self.on_notify(channel, str(payload))

@@ -47,6 +47,11 @@ class Settings:
     shutdown_grace: float = 20.0  # seconds running dates get on SIGTERM before they are handed back
 
     @property
+    def lets_database_sleep(self) -> bool:
+        """A poll interval of 5 minutes or more says: let an idle database suspend (Neon's scale to zero)."""
+        return self.poll_interval >= 300
+
+    @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
 

@@ -26,6 +26,11 @@ class Claimed:
     batch_created_at: datetime.datetime | None = None
 
 
+def _claimed(r: asyncpg.Record) -> Claimed:
+    return Claimed(r["id"], r["batch_id"], r["source"], r["day"], r["state"], r["attempt"], r["max_attempts"],
+                   r["batch_state"], r["batch_created_at"])
+
+
 async def _insert_task_events(conn: Conn, rows: Sequence[asyncpg.Record]) -> None:
     if not rows:
         return
@@ -61,21 +66,20 @@ class Store:
         One round trip: the claim, the day rows, the events and any batch it ends are one statement."""
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(q("task_claim"), self.worker, limit, self.lease, list(sources))
-        return [
-            Claimed(r["id"], r["batch_id"], r["source"], r["day"], r["state"], r["attempt"], r["max_attempts"],
-                    r["batch_state"], r["batch_created_at"])
-            for r in rows
-        ]
+        return [_claimed(r) for r in rows]
 
-    async def finish(self, outcomes: Sequence[Outcome]) -> list[asyncpg.Record]:
-        """Write the outcomes of attempts in one statement (one transaction); returns the rows actually changed,
-        each with `batch_state` set when that write ended its batch."""
+    async def finish(
+        self, outcomes: Sequence[Outcome], claim_limit: int = 0, sources: Sequence[str] = ()
+    ) -> tuple[list[asyncpg.Record], list[Claimed]]:
+        """Write the outcomes of attempts and claim up to `claim_limit` new dates, in one statement (one
+        transaction, one commit). Returns the task rows actually changed (each with `batch_state` set when that
+        write ended its batch) and the claimed tasks."""
         ending = [o for o in outcomes if o.kind not in (Kind.RELEASED, Kind.LOST)]
         released = [o.task_id for o in outcomes if o.kind is Kind.RELEASED]
-        if not ending and not released:
-            return []
+        if not ending and not released and claim_limit <= 0:
+            return [], []
         async with self.pool.acquire() as conn:
-            return list(await conn.fetch(
+            rows = await conn.fetch(
                 q("task_finish"),
                 self.worker,
                 [o.task_id for o in ending],
@@ -84,7 +88,11 @@ class Store:
                 [o.rows for o in ending],
                 [o.retry_in or 0.0 for o in ending],
                 released,
-            ))
+                claim_limit,
+                self.lease,
+                list(sources),
+            )
+        return [r for r in rows if r["kind"] == "finished"], [_claimed(r) for r in rows if r["kind"] == "claimed"]
 
     async def heartbeat(self) -> dict[int, bool]:
         """Renew our leases; {task id: cancel requested} for every task we still hold."""

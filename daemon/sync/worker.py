@@ -74,13 +74,15 @@ class Daemon:
         self.grace = grace
         self.store = Store(pool, self.worker, settings.lease)
         self.listener = Listener(direct_dsn, [BATCH_CHANNEL], self._on_notify, self._on_listener_connect,
-                                 application_name="datesync-daemon-listener")
+                                 application_name="datesync-daemon-listener",
+                                 idle=lambda: settings.lets_database_sleep and not self.running)
         self.running: dict[int, Running] = {}
         self._outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
         self._wake = asyncio.Event()
         self._full_scan = True
         self._stopping = asyncio.Event()
         self._seen_batches: set[int] = set()
+        self._claim_lock = asyncio.Lock()
         self._idle = asyncio.Event()  # set whenever no date is running
         self._idle.set()
         self.started_at = time.monotonic()
@@ -142,6 +144,7 @@ class Daemon:
         failures = 0
         while not self._stopping.is_set():
             self._wake.clear()
+            self.listener.resume()  # we are about to query anyway: a dropped listener may reconnect now
             timeout = self.settings.poll_interval
             try:
                 if self._full_scan:
@@ -184,13 +187,17 @@ class Daemon:
                         attempt=row["attempt"])
         await self._finalize(await self.store.running_batches())
 
-    def _claimable_sources(self) -> tuple[list[str], int]:
-        """Sources with room under their cap, and how many dates we may claim in one round."""
-        free = self.settings.concurrency - len(self.running)
+    def _claimable_sources(self, freeing: frozenset[int] = frozenset()) -> tuple[list[str], int]:
+        """Sources with room under their cap, and how many dates we may claim in one round, counting the slots
+        of `freeing` (tasks whose outcome is being written in the same transaction) as free."""
+        if self._stopping.is_set():
+            return [], 0
+        occupied = [r for task_id, r in self.running.items() if task_id not in freeing]
+        free = self.settings.concurrency - len(occupied)
         if not self.source_caps:
             return list(self.handlers), free
         busy: dict[str, int] = {}
-        for r in self.running.values():
+        for r in occupied:
             busy[r.claimed.source] = busy.get(r.claimed.source, 0) + 1
         room = {s: self.source_caps.get(s, free) - busy.get(s, 0) for s in self.handlers}
         open_sources = [s for s, n in room.items() if n > 0]
@@ -199,26 +206,35 @@ class Daemon:
 
     async def _claim(self) -> None:
         while not self._stopping.is_set():
-            sources, free = self._claimable_sources()
-            if free <= 0 or not sources:
-                return
-            try:
-                claimed = await self.store.claim(free, sources)
-            except asyncpg.UniqueViolationError:
-                # Another daemon started the same (source, day) a moment ago; the index refused ours.
+            # One claimer at a time: the finisher claims too, for the slots its outcomes free.
+            async with self._claim_lock:
+                sources, free = self._claimable_sources()
+                if free <= 0 or not sources:
+                    return
+                try:
+                    claimed = await self.store.claim(free, sources)
+                except asyncpg.UniqueViolationError:
+                    # Another daemon started the same (source, day) a moment ago; the index refused ours.
+                    claimed = None
+                if claimed is not None:
+                    self._take(claimed)
+            if claimed is None:
                 await asyncio.sleep(0.005)
                 continue
-            for task in claimed:
-                if task.state == "skipped":
-                    log.info("date_sync_skipped", batch_id=task.batch_id, day=str(task.day))
-                    metrics.TASKS_FINISHED.labels(task.source, "skipped").inc()
-                else:
-                    self._observe_wake(task)
-                    self._start(task)
-            for batch_id, state in sorted({(t.batch_id, t.batch_ended) for t in claimed if t.batch_ended}):
-                log.info("batch_finished", batch_id=batch_id, state=state)
             if len(claimed) < free:
                 return
+
+    def _take(self, claimed: list[Claimed]) -> None:
+        """Start the claimed dates; account for the skipped ones and any batch the claim ended."""
+        for task in claimed:
+            if task.state == "skipped":
+                log.info("date_sync_skipped", batch_id=task.batch_id, day=str(task.day))
+                metrics.TASKS_FINISHED.labels(task.source, "skipped").inc()
+            else:
+                self._observe_wake(task)
+                self._start(task)
+        for batch_id, state in sorted({(t.batch_id, t.batch_ended) for t in claimed if t.batch_ended}):
+            log.info("batch_finished", batch_id=batch_id, state=state)
 
     def _observe_wake(self, task: Claimed) -> None:
         """The first date of a batch that this daemon starts measures the wake latency."""
@@ -294,23 +310,43 @@ class Daemon:
     async def _finisher_loop(self) -> None:
         while True:
             batch = [await self._outcomes.get()]
-            while not self._outcomes.empty():
-                batch.append(self._outcomes.get_nowait())
+            # Dates that finish together (short handlers) are a few loop turns apart: wait those turns while more
+            # keep arriving, so that one transaction records them all. Slow dates cost two idle turns.
+            quiet = 0
+            while quiet < 8 and len(batch) < len(self.running):
+                await asyncio.sleep(0)
+                if self._outcomes.empty():
+                    quiet += 1
+                while not self._outcomes.empty():
+                    batch.append(self._outcomes.get_nowait())
             await self._write_outcomes(batch)
 
     async def _write_outcomes(self, batch: list[Outcome]) -> None:
+        """Write outcomes and, in the same transaction, claim dates for the slots they free."""
         failures = 0
+        finishing = frozenset(o.task_id for o in batch)
         while True:
-            try:
-                changed = await self.store.finish(batch)
-                break
-            except DB_ERRORS as exc:
-                # Keep the outcomes until the database takes them; meanwhile the slots stay taken. If our
-                # lease runs out first, the guarded update writes nothing and the takeover stands.
-                failures += 1
-                if failures == 1:
-                    log.warning("finish_write_failed_retrying", error=error_text(exc), outcomes=len(batch))
-                await asyncio.sleep(min(0.25 * 2**failures, 5.0))
+            async with self._claim_lock:
+                sources, free = self._claimable_sources(finishing)
+                try:
+                    changed, claimed = await self.store.finish(batch, max(free, 0), sources)
+                except DB_ERRORS as exc:
+                    changed, claimed = None, []
+                    error = exc
+                if changed is not None:
+                    self._settle(batch, changed)
+                    self._take(claimed)
+                    break
+            # Keep the outcomes until the database takes them; meanwhile the slots stay taken. If our lease
+            # runs out first, the guarded update writes nothing and the takeover stands.
+            failures += 1
+            if failures == 1 and not isinstance(error, asyncpg.UniqueViolationError):
+                log.warning("finish_write_failed_retrying", error=error_text(error), outcomes=len(batch))
+            await asyncio.sleep(min(0.005 * 4**failures, 5.0))
+        self.wake(full=False)
+
+    def _settle(self, batch: list[Outcome], changed: list[asyncpg.Record]) -> None:
+        """Free the slots of written outcomes; count them; log the batches they ended."""
         sources = {o.task_id: r.claimed.source for o in batch if (r := self.running.get(o.task_id))}
         for row in changed:
             if row["state"] in ("succeeded", "failed", "cancelled"):
@@ -322,7 +358,6 @@ class Daemon:
             self._idle.set()
         for batch_id, state in sorted({(r["batch_id"], r["batch_state"]) for r in changed if r["batch_state"]}):
             log.info("batch_finished", batch_id=batch_id, state=state)
-        self.wake(full=False)
 
     async def _finalize(self, batch_ids: set[int] | list[int]) -> None:
         for row in await self.store.finalize(batch_ids):

@@ -259,7 +259,7 @@ async def test_a_long_replay_outpaced_by_live_events_reads_on_from_the_table(
         hub = hub_for(live.state)
         await hub.ready.wait()
         async with hub.read_gate:  # hold the client between its registration and its snapshot
-            reader = asyncio.create_task(read_stream(http, f"{live.api}/events?last_event_id=0", stop=530))
+            reader = asyncio.create_task(read_stream(http, f"{live.api}/events?last_event_id=0", stop=523))
             await wait_for(lambda: asyncio.sleep(0, result=len(hub.clients) == 1))
             for _ in range(3):  # three pages for a queue of two
                 await insert_events(dsn, 1, 1)

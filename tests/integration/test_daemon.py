@@ -164,3 +164,19 @@ async def test_a_ten_year_batch_expands_in_one_statement(db: asyncpg.Connection)
     assert row is not None and row["tasks"] == 3660
     days = await db.fetchrow("SELECT min(day), max(day), count(DISTINCT day) FROM datesync.task")
     assert tuple(days) == (D(2015, 1, 1), D(2025, 1, 7), 3660)
+
+
+async def test_an_idle_daemon_with_a_long_poll_lets_the_database_sleep(db: asyncpg.Connection, dsn: str) -> None:
+    # Neon drops every session when it suspends an idle compute. With a poll of 5 minutes or more, the daemon
+    # must not reconnect at once (that would wake the compute again); it reconnects on its next wake-up.
+    async with running_daemon(dsn, FAST.replace(poll_interval=600)) as daemon:
+        await asyncio.sleep(0.5)  # let the start-up scan finish: the daemon is idle now
+        assert await db.fetchval("SELECT pg_terminate_backend($1)", daemon.listener.backend_pid)
+        await asyncio.sleep(1.5)
+        listeners = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'datesync-daemon-listener'"
+        assert await db.fetchval(listeners) == 0, "an idle daemon must leave the database alone"
+        # A request through `datesync run`'s web side wakes the daemon in-process; it reconnects and works.
+        batch_id = await insert(db, "2025-03-01", "2025-03-02")
+        daemon.wake()
+        assert (await wait_batch_final(db, batch_id, timeout=10))["state"] == "succeeded"
+        await wait_for(lambda: db.fetchval(listeners), timeout=10)

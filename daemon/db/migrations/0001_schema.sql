@@ -363,21 +363,22 @@ CREATE FUNCTION datesync.event_log_tasks(p_tasks datesync.task[]) RETURNS void L
 $$;
 
 -- Lease up to p_limit runnable tasks of p_sources to p_worker, at most one per (source, day) and none whose
--- (source, day) is already running; a date already synced (and not forced) is marked skipped instead.
-CREATE FUNCTION datesync.task_claim(p_worker text, p_limit integer, p_lease float8, p_sources text[])
-RETURNS TABLE (id bigint, batch_id bigint, source text, day date, state text, attempt integer,
-               max_attempts integer, batch_state text, batch_created_at timestamptz)
+-- (source, day) is already running; a date already synced (and not forced) is marked skipped instead. Marks the
+-- running days. No events: callers log them last.
+CREATE FUNCTION datesync.task_claim_rows(p_worker text, p_limit integer, p_lease float8, p_sources text[])
+RETURNS datesync.task[]
 LANGUAGE plpgsql
 -- Walk task_claimable in order and stop after p_limit rows: never a bitmap scan and sort of the whole queue,
 -- which the planner picks when its statistics lag behind a freshly expanded batch.
 SET enable_bitmapscan = off
 SET enable_seqscan = off
 AS $$
-#variable_conflict use_column
 DECLARE
     claimed datesync.task[];
-    ended jsonb;
 BEGIN
+    IF p_limit <= 0 THEN
+        RETURN '{}';
+    END IF;
     WITH candidate AS (
         SELECT t.id, t.source, t.day, t.force
         FROM datesync.task t
@@ -413,65 +414,51 @@ BEGIN
             attempts = EXCLUDED.attempts, started_at = EXCLUDED.started_at, updated_at = now()
     )
     SELECT array_agg(u) INTO claimed FROM upd u;
-    IF claimed IS NULL THEN
-        RETURN;
-    END IF;
-    PERFORM datesync.event_log_tasks(claimed);
-    -- A batch whose remaining dates were all skipped ends here.
-    SELECT jsonb_object_agg(e.id::text, e.state) INTO ended
-    FROM datesync.batch_end_settled(ARRAY(SELECT DISTINCT c.batch_id FROM unnest(claimed) c
-                                          WHERE c.state = 'skipped')) e;
-    RETURN QUERY
-        SELECT c.id, c.batch_id, c.source, c.day, c.state::text, c.attempt, c.max_attempts,
-               ended ->> c.batch_id::text, b.created_at
-        FROM unnest(claimed) c JOIN datesync.batch b ON b.id = c.batch_id;
+    RETURN coalesce(claimed, '{}');
 END $$;
 
 -- Record outcomes of attempts run by p_worker: succeeded, failed (for good), queued (retry after p_retry_in
--- seconds), cancelled; and hand back p_released (shutdown: queued at once, the attempt not counted). Rows
--- whose lease was lost (cancel, takeover) are left alone and not returned. batch_state is the final state of
--- the row's batch when this call ended it.
-CREATE FUNCTION datesync.task_finish(p_worker text, p_ids bigint[], p_states text[], p_errors text[],
-                                     p_rows bigint[], p_retry_in float8[], p_released bigint[])
-RETURNS TABLE (id bigint, batch_id bigint, day date, state text, attempt integer, batch_state text)
+-- seconds), cancelled; and hand back p_released (shutdown: queued at once, the attempt not counted). Updates
+-- the days. Rows whose lease was lost (cancel, takeover) are left alone and not returned. No events.
+CREATE FUNCTION datesync.task_finish_rows(p_worker text, p_ids bigint[], p_states text[], p_errors text[],
+                                          p_rows bigint[], p_retry_in float8[], p_released bigint[])
+RETURNS datesync.task[]
 LANGUAGE plpgsql AS $$
-#variable_conflict use_column
 DECLARE
     changed datesync.task[];
     released datesync.task[];
-    ended RECORD;
-    ended_states jsonb := '{}';
 BEGIN
-    WITH result AS (
-        SELECT * FROM unnest(p_ids, p_states, p_errors, p_rows, p_retry_in)
-            AS r(id, state, error, rows_synced, retry_in)
-    ), fin AS (
-        UPDATE datesync.task t
-        SET state = r.state::datesync.task_state,
-            error = r.error,
-            rows_synced = r.rows_synced,
-            run_after = CASE WHEN r.state = 'queued' THEN now() + make_interval(secs => r.retry_in)
-                             ELSE t.run_after END,
-            finished_at = CASE WHEN r.state = 'queued' THEN NULL ELSE now() END,
-            lease_owner = NULL,
-            lease_expires_at = NULL
-        FROM result r
-        WHERE t.id = r.id AND t.state = 'running' AND t.lease_owner = p_worker
-        RETURNING t.*
-    ), d AS (
-        UPDATE datesync.day d
-        SET status = CASE WHEN f.state = 'succeeded' THEN 'success'
-                          WHEN f.state = 'cancelled' THEN d.status
-                          ELSE 'failed' END::datesync.day_status,
-            rows_synced = CASE WHEN f.state = 'succeeded' THEN f.rows_synced ELSE d.rows_synced END,
-            error = CASE WHEN f.state = 'succeeded' THEN NULL ELSE coalesce(f.error, d.error) END,
-            synced_at = CASE WHEN f.state = 'succeeded' THEN now() ELSE d.synced_at END,
-            attempts = f.attempt, batch_id = f.batch_id, task_id = f.id, updated_at = now()
-        FROM fin f
-        WHERE d.source = f.source AND d.day = f.day
-    )
-    SELECT array_agg(f) INTO changed FROM fin f;
-
+    IF coalesce(cardinality(p_ids), 0) > 0 THEN
+        WITH result AS (
+            SELECT * FROM unnest(p_ids, p_states, p_errors, p_rows, p_retry_in)
+                AS r(id, state, error, rows_synced, retry_in)
+        ), fin AS (
+            UPDATE datesync.task t
+            SET state = r.state::datesync.task_state,
+                error = r.error,
+                rows_synced = r.rows_synced,
+                run_after = CASE WHEN r.state = 'queued' THEN now() + make_interval(secs => r.retry_in)
+                                 ELSE t.run_after END,
+                finished_at = CASE WHEN r.state = 'queued' THEN NULL ELSE now() END,
+                lease_owner = NULL,
+                lease_expires_at = NULL
+            FROM result r
+            WHERE t.id = r.id AND t.state = 'running' AND t.lease_owner = p_worker
+            RETURNING t.*
+        ), d AS (
+            UPDATE datesync.day d
+            SET status = CASE WHEN f.state = 'succeeded' THEN 'success'
+                              WHEN f.state = 'cancelled' THEN d.status
+                              ELSE 'failed' END::datesync.day_status,
+                rows_synced = CASE WHEN f.state = 'succeeded' THEN f.rows_synced ELSE d.rows_synced END,
+                error = CASE WHEN f.state = 'succeeded' THEN NULL ELSE coalesce(f.error, d.error) END,
+                synced_at = CASE WHEN f.state = 'succeeded' THEN now() ELSE d.synced_at END,
+                attempts = f.attempt, batch_id = f.batch_id, task_id = f.id, updated_at = now()
+            FROM fin f
+            WHERE d.source = f.source AND d.day = f.day
+        )
+        SELECT array_agg(f) INTO changed FROM fin f;
+    END IF;
     IF coalesce(cardinality(p_released), 0) > 0 THEN
         WITH rel AS (
             UPDATE datesync.task t
@@ -481,17 +468,60 @@ BEGIN
             RETURNING t.*
         )
         SELECT array_agg(r) INTO released FROM rel r;
-        changed := coalesce(changed, '{}') || coalesce(released, '{}');
     END IF;
-    IF changed IS NULL OR cardinality(changed) = 0 THEN
+    RETURN coalesce(changed, '{}') || coalesce(released, '{}');
+END $$;
+
+-- Log events for claimed and changed tasks (last: see event_serialize), end the batches they settled, and
+-- return every row with `kind` ('claimed' or 'finished') and the final state of a batch this call ended.
+CREATE FUNCTION datesync.task_log_and_settle(p_claimed datesync.task[], p_changed datesync.task[])
+RETURNS TABLE (kind text, id bigint, batch_id bigint, source text, day date, state text, attempt integer,
+               max_attempts integer, batch_state text, batch_created_at timestamptz)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    ended jsonb;
+BEGIN
+    IF cardinality(p_claimed) + cardinality(p_changed) = 0 THEN
         RETURN;
     END IF;
-    PERFORM datesync.event_log_tasks(changed);
-    FOR ended IN SELECT * FROM datesync.batch_end_settled(ARRAY(SELECT DISTINCT c.batch_id FROM unnest(changed) c))
-    LOOP
-        ended_states := ended_states || jsonb_build_object(ended.id::text, ended.state);
-    END LOOP;
+    PERFORM datesync.event_log_tasks(p_changed || p_claimed);
+    SELECT jsonb_object_agg(e.id::text, e.state) INTO ended
+    FROM datesync.batch_end_settled(ARRAY(
+        SELECT DISTINCT c.batch_id FROM unnest(p_changed || p_claimed) c
+        WHERE c.state NOT IN ('running', 'queued'))) e;
     RETURN QUERY
-        SELECT c.id, c.batch_id, c.day, c.state::text, c.attempt, ended_states ->> c.batch_id::text
-        FROM unnest(changed) c;
+        SELECT k.kind, c.id, c.batch_id, c.source, c.day, c.state::text, c.attempt, c.max_attempts,
+               ended ->> c.batch_id::text, b.created_at
+        FROM (SELECT 'claimed' AS kind, x FROM unnest(p_claimed) x
+              UNION ALL SELECT 'finished', x FROM unnest(p_changed) x) k
+        CROSS JOIN LATERAL (SELECT (k.x).*) c
+        JOIN datesync.batch b ON b.id = c.batch_id;
+END $$;
+
+-- Claim dates: one round trip, one transaction.
+CREATE FUNCTION datesync.task_claim(p_worker text, p_limit integer, p_lease float8, p_sources text[])
+RETURNS TABLE (kind text, id bigint, batch_id bigint, source text, day date, state text, attempt integer,
+               max_attempts integer, batch_state text, batch_created_at timestamptz)
+LANGUAGE sql AS $$
+    SELECT * FROM datesync.task_log_and_settle(
+        datesync.task_claim_rows(p_worker, p_limit, p_lease, p_sources), '{}');
+$$;
+
+-- Record outcomes and, in the same transaction, claim up to p_claim_limit new dates for the slots they free:
+-- one commit where a claim and a finish would take two. The claim comes first: it is the only statement that
+-- can wait on another transaction (the one-running-per-day index), and it must not wait while holding the
+-- batch rows that the finish locks.
+CREATE FUNCTION datesync.task_finish(p_worker text, p_ids bigint[], p_states text[], p_errors text[],
+                                     p_rows bigint[], p_retry_in float8[], p_released bigint[],
+                                     p_claim_limit integer, p_lease float8, p_sources text[])
+RETURNS TABLE (kind text, id bigint, batch_id bigint, source text, day date, state text, attempt integer,
+               max_attempts integer, batch_state text, batch_created_at timestamptz)
+LANGUAGE plpgsql AS $$
+DECLARE
+    claimed datesync.task[] := datesync.task_claim_rows(p_worker, p_claim_limit, p_lease, p_sources);
+BEGIN
+    RETURN QUERY SELECT * FROM datesync.task_log_and_settle(
+        claimed,
+        datesync.task_finish_rows(p_worker, p_ids, p_states, p_errors, p_rows, p_retry_in, p_released));
 END $$;

@@ -1,14 +1,14 @@
 -- Tasks: claiming, leases, finishing. Every transition is guarded by the state (and lease owner) it expects.
 
 -- name: task_claim
--- Lease up to $2 runnable tasks of sources $4 to daemon $1 (see datesync.task_claim in the schema); skipped
--- dates come back too, and batch_state says when the call ended their batch.
+-- Lease up to $2 runnable tasks of sources $4 to daemon $1 (datesync.task_claim in the schema); skipped dates
+-- come back too, and batch_state is set when the call ended their batch.
 SELECT * FROM datesync.task_claim($1, $2, $3, $4::text[]);
 
 -- name: task_finish
--- Record attempts' outcomes and hand back released tasks in one transaction (datesync.task_finish).
+-- Record attempts' outcomes, hand back released tasks, and claim up to $8 new dates, in one transaction.
 SELECT * FROM datesync.task_finish($1, $2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::float8[],
-                                   $7::bigint[]);
+                                   $7::bigint[], $8, $9, $10::text[]);
 
 -- name: task_heartbeat
 -- Extend the leases daemon $1 holds; returns each still-held task and whether its batch asks to cancel.

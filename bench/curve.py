@@ -1,0 +1,51 @@
+"""Throughput against concurrency (noop handler, one daemon), plotted to bench/throughput.png.
+
+    .venv/bin/pip install -e '.[bench]'
+    .venv/bin/python bench/curve.py [--dates 5000] [--repeats 3]
+
+Uses DATABASE_URL's server, or a fresh embedded one, through `datesync bench`'s scratch database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+
+from daemon.settings import Settings
+from datesync.bench import drain_curve
+
+HERE = Path(__file__).resolve().parent
+LEVELS = [1, 2, 5, 10, 20, 50]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dates", type=int, default=5000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    rates = asyncio.run(drain_curve(Settings.from_env(), LEVELS, args.dates, args.repeats))
+    (HERE / "throughput.json").write_text(json.dumps({str(k): round(v, 1) for k, v in rates.items()}, indent=2))
+    print(json.dumps(rates))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    ax.plot(list(rates), list(rates.values()), marker="o", color="#1a7f37")
+    ax.set_xscale("log")
+    ax.set_xticks(LEVELS, [str(c) for c in LEVELS])
+    ax.set_xlabel("DATESYNC_CONCURRENCY (one daemon)")
+    ax.set_ylabel("dates per second")
+    ax.set_title(f"Drain rate, noop handler, {args.dates:,} dates (median of {args.repeats})")
+    ax.grid(True, alpha=0.3)
+    ax.set_ylim(bottom=0)
+    fig.tight_layout()
+    fig.savefig(HERE / "throughput.png")
+
+
+if __name__ == "__main__":
+    main()
