@@ -1,41 +1,161 @@
 """structlog set-up: JSON lines or a readable console, with stdlib loggers (uvicorn, asyncpg) routed through
-the same pipeline, and secrets scrubbed from every event."""
+the same pipeline, and secrets scrubbed from every event: its message, its fields and its traceback.
+
+Two nets catch a secret. Known values (the API token, the database passwords, the http handler's header
+values, any variable named like a password or token) are read from the environment at start and replaced
+wherever they appear. Patterns catch the rest: a password in a URL, `password=…`, `Bearer …`, a key in a query
+string, a value under a secret-looking key.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import sys
+from collections.abc import Iterable, Mapping
+from types import TracebackType
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import structlog
 
-_SECRET_KEYS = re.compile(r"(password|token|secret|authorization|api_key|headers)", re.IGNORECASE)
-_DSN_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]+:)[^@\s]+@")
+REDACTED = "***"
+_SECRET_KEYS = re.compile(r"(password|passwd|token|secret|authorization|api[_-]?key|headers|cookie)", re.IGNORECASE)
+# Environment variables whose whole value is a secret.
+_SECRET_VARS = re.compile(r"(^|_|PG)(PASSWORD|PASSWD|TOKEN|SECRET|API_?KEY)$")
+_HEADER_VARS = re.compile(r"^DATESYNC_(\w+_)?HTTP_HEADERS$")
+_MIN_LITERAL = 4  # shorter values would garble every line they occur in; the patterns still catch them
+
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # scheme://user:password@host (any scheme: postgresql, https, redis)
+    (re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s]+@"), rf"\1{REDACTED}@"),
+    # libpq key/value strings and query strings: password=…, ?token=…, &api_key=…
+    (re.compile(r"(\b(?:password|passwd|pwd|token|access_token|api[_-]?key|apikey|secret|sig|signature)\s*=\s*)"
+                r"('[^']*'|[^\s&#,;)'\"]+)", re.IGNORECASE), rf"\1{REDACTED}"),
+    (re.compile(r"([?&]key=)[^\s&#]+", re.IGNORECASE), rf"\1{REDACTED}"),
+    # Authorization: Bearer …
+    (re.compile(r"(\bbearer\s+)[A-Za-z0-9._~+/=-]{4,}", re.IGNORECASE), rf"\1{REDACTED}"),
+    # a repr'd or JSON mapping: 'password': '…', "Authorization": "…"
+    (re.compile(r"""((['"])(?:[\w-]*(?:password|token|secret|authorization|api[_-]?key|cookie)[\w-]*)\2\s*:\s*)"""
+                r"""(['"])(?:(?!\3).)*\3""", re.IGNORECASE), rf"\1'{REDACTED}'"),
+)
+
+_known: set[str] = set()
+_known_re: re.Pattern[str] | None = None
+
+
+def add_secrets(values: Iterable[str | None]) -> None:
+    """Scrub these exact values (and their URL-decoded forms) from every log line from now on."""
+    global _known_re
+    for value in values:
+        if not value:
+            continue
+        for form in {value, unquote(value)}:
+            if len(form) >= _MIN_LITERAL:
+                _known.add(form)
+    if _known:
+        # Longest first, so that a secret containing another is replaced whole.
+        _known_re = re.compile("|".join(re.escape(s) for s in sorted(_known, key=len, reverse=True)))
+
+
+def secrets_in_env(env: Mapping[str, str]) -> list[str]:
+    """The secret values a datesync process may be given: URL passwords, tokens, the http handler's headers."""
+    found: list[str] = []
+    for name, value in env.items():
+        if not value:
+            continue
+        if _SECRET_VARS.search(name.upper()):
+            found.append(value)
+        if _HEADER_VARS.match(name.upper()):
+            found.extend(_header_values(value))
+        if "://" in value:
+            found.extend(_url_passwords(value))
+    return found
+
+
+def _header_values(raw: str) -> list[str]:
+    try:
+        headers = json.loads(raw)
+    except ValueError:
+        return [raw]  # unreadable: the handler refuses it, but never log it
+    if not isinstance(headers, dict):
+        return [raw]
+    values = [str(v) for v in headers.values()]
+    # "Bearer abc…": the credential alone too, should it be logged apart from its scheme.
+    return values + [v.split(None, 1)[1] for v in values if len(v.split(None, 1)) == 2]
+
+
+def _url_passwords(value: str) -> list[str]:
+    found = []
+    for word in value.split():
+        try:
+            password = urlsplit(word).password
+        except ValueError:
+            continue
+        if password:
+            found.append(password)
+    return found
+
+
+def scrub_text(text: str) -> str:
+    """`text` with every known secret and every secret-looking pattern replaced by ***."""
+    if _known_re is not None:
+        text = _known_re.sub(REDACTED, text)
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _clean(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, str):
+        return scrub_text(value)
+    if value is None or isinstance(value, bool | int | float) or depth > 5:
+        return value
+    if isinstance(value, dict):
+        return {k: REDACTED if isinstance(k, str) and _SECRET_KEYS.search(k) else _clean(v, depth + 1)
+                for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        items = [_clean(v, depth + 1) for v in value]
+        return items if isinstance(value, list) else tuple(items)
+    if isinstance(value, set | frozenset):
+        return [_clean(v, depth + 1) for v in value]
+    # Anything else is rendered with repr() (JSON) or str(): an exception's text may hold a DSN.
+    text = repr(value)
+    cleaned = scrub_text(text)
+    return value if cleaned == text else cleaned
 
 
 def _scrub(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Replace secrets in every field, the event text and the formatted traceback included."""
     for key, value in list(event.items()):
-        if _SECRET_KEYS.search(key):
-            event[key] = "***"
-        elif isinstance(value, str) and "://" in value:
-            event[key] = _DSN_PASSWORD.sub(r"\1***@", value)
+        if key.startswith("_"):  # structlog's own bookkeeping (_record, _from_structlog)
+            continue
+        if key not in ("event", "exception", "stack") and _SECRET_KEYS.search(key):
+            event[key] = REDACTED
+        else:
+            event[key] = _clean(value)
     return event
 
 
-def configure(log_format: str = "console", level: int = logging.INFO) -> None:
+def configure(log_format: str = "console", level: int = logging.INFO, env: Mapping[str, str] | None = None) -> None:
     """Configure structlog and the stdlib root logger once, at the edge of the program."""
+    add_secrets(secrets_in_env(os.environ if env is None else env))
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+        # Tracebacks become plain text *before* scrubbing, in both formats: the console's rich tracebacks
+        # would print local variables (a DSN, a header dict) past the scrubber.
+        structlog.processors.format_exc_info,
         _scrub,
     ]
     renderer: Any
     if log_format == "json":
         renderer = structlog.processors.JSONRenderer()
-        shared.append(structlog.processors.format_exc_info)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     structlog.configure(
@@ -62,3 +182,12 @@ def configure(log_format: str = "console", level: int = logging.INFO) -> None:
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+    # A crash outside any handler is logged through the same pipeline: one scrubbed line, not a raw traceback.
+    sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, exc, tb)
+        return
+    structlog.get_logger("datesync").critical("uncaught_exception", exc_info=(kind, exc, tb))

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Mapping
+from urllib.parse import urlsplit
 
 import asyncpg
 import structlog
@@ -16,6 +17,7 @@ from daemon.db.connect import wait_until_reachable
 from daemon.db.migrate import migrate
 from daemon.db.queries import q
 from daemon.embedded import EmbeddedPostgres
+from daemon.errors import SettingsError
 from daemon.settings import Settings
 
 log = structlog.get_logger("datesync.runtime")
@@ -42,6 +44,28 @@ def direct_dsn_for(settings: Settings, dsn: str) -> str:
     return direct
 
 
+def check_endpoints(db: Database, settings: Settings) -> None:
+    """Before a process that LISTENs starts: refuse a direct URL that is still a pooler, and say once which
+    endpoint serves what."""
+    refuse_pooled_direct(db, settings)
+    if db.embedded is None:
+        pooled = dsns.is_pooler(db.dsn)
+        log.info("database_endpoints", queries=dsns.redact(db.dsn), listen=dsns.redact(db.direct_dsn),
+                 pooled=pooled, statement_cache="off (transaction pooler)" if pooled else "on")
+
+
+def refuse_pooled_direct(db: Database, settings: Settings) -> None:
+    """Raise SettingsError, naming the variable, when the direct endpoint is a Neon -pooler one."""
+    if dsns.is_pooler(db.direct_dsn):
+        given = "DATABASE_DIRECT_URL" if settings.database_direct_url else "DATABASE_URL"
+        raise SettingsError(
+            f"{given} points at a Neon -pooler endpoint ({urlsplit(db.direct_dsn).hostname}), which runs PgBouncer "
+            "in transaction mode and cannot LISTEN or hold the migrations' lock; set DATABASE_DIRECT_URL to the "
+            "direct endpoint (the same URL without -pooler in the host), or leave it unset to derive it from "
+            "DATABASE_URL"
+        )
+
+
 @contextlib.asynccontextmanager
 async def database(settings: Settings, *, own_embedded: bool = True) -> AsyncIterator[Database]:
     """The database for this process. With no DATABASE_URL, the embedded server in DATESYNC_DATA_DIR: started
@@ -61,8 +85,12 @@ async def database(settings: Settings, *, own_embedded: bool = True) -> AsyncIte
 
 
 async def prepare(db: Database, settings: Settings, sources: Mapping[str, str]) -> None:
-    """Wait for the database, apply migrations, and register settings and sources."""
-    conn = await wait_until_reachable(db.dsn, STARTUP_TIMEOUT, "datesync-migrate")
+    """Wait for the database, apply migrations, and register settings and sources.
+
+    Through the direct endpoint: migrations hold a session-level advisory lock, which a transaction pooler
+    (Neon's -pooler) would take on one server connection and try to release on another, leaving it held."""
+    refuse_pooled_direct(db, settings)
+    conn = await wait_until_reachable(db.direct_dsn, STARTUP_TIMEOUT, "datesync-migrate")
     try:
         await migrate_and_register(conn, settings, sources)
     finally:

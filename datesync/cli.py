@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import asyncpg
+import structlog
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -72,7 +73,11 @@ def _run(coro_factory: Callable[[], Awaitable[T]]) -> T:
     try:
         return _event_loop_run(coro_factory())  # type: ignore[arg-type]
     except DatesyncError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
+        if os.environ.get("LOG_FORMAT", "").strip() == "json":
+            # A log collector reads JSON lines: the last word must be one too.
+            structlog.get_logger("datesync.cli").error("command_failed", error=str(exc))
+        else:
+            err.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None

@@ -13,7 +13,7 @@ import uvicorn
 from daemon.db.connect import create_pool
 from daemon.errors import DatesyncError
 from daemon.keepawake import KeepAwake
-from daemon.runtime import Database, database, prepare
+from daemon.runtime import Database, check_endpoints, database, prepare
 from daemon.settings import Settings
 from daemon.sync import handlers
 from daemon.sync.schedule import Schedule
@@ -59,6 +59,7 @@ async def serve(settings: Settings, *, web: bool, daemon: bool) -> None:
     sources = sources_for(settings)
     loaded = {name: handlers.load(spec, name) for name, spec in sources.items()} if daemon else {}
     async with database(settings) as db:
+        check_endpoints(db, settings)  # before anything connects: a pooler URL for LISTEN is refused here
         await prepare(db, settings, sources)
         await _serve_with(db, settings, loaded, stop, web=web)
 
@@ -79,7 +80,9 @@ async def _serve_with(
             side_tasks = []
             if settings.keepawake:
                 if web and settings.keepawake_url:
-                    side_tasks.append(KeepAwake(pool, settings.keepawake_url).keep_awake)
+                    # `worker` is bound just below; the pinger only runs once the daemon does.
+                    awake = KeepAwake(lambda: worker is not None and worker.busy, settings.keepawake_url)
+                    side_tasks.append(awake.keep_awake)
                 else:
                     log.warning("keepawake_off", reason="needs the web server in this process and "
                                 "DATESYNC_KEEPAWAKE_URL or RENDER_EXTERNAL_URL")

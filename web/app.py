@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 
-from web import api, events, gaps, health, page
+from web import api, events, gaps, health, metrics, page
 from web.state import AppState
 
 API_PREFIX = "/api/v1/sync-status"
@@ -24,6 +24,7 @@ def create_app(state: AppState) -> Starlette:
         routes=[
             Route("/healthz", health.healthz, methods=["GET"]),
             Route("/readyz", health.readyz, methods=["GET"]),
+            *metrics.routes,
             *api.root_routes,
             Mount(API_PREFIX, routes=[*api.routes, *events.routes, *gaps.routes]),
             *page.routes,

@@ -64,10 +64,13 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(dsn: str, size: int, application_name: str) -> asyncpg.Pool:
-    """The pool for ordinary queries; connections are opened lazily, up to `size`."""
+    """The pool for ordinary queries; connections are opened lazily, up to `size`.
+
+    No floor (min_size=0): asyncpg re-opens a floor connection as soon as one drops, which wakes a Neon compute
+    that has just suspended, and while the database is away it logs a traceback on every retry."""
     pool = await asyncpg.create_pool(
         **_options(dsn, application_name),
-        min_size=1,
+        min_size=0,
         max_size=size,
         init=_init_connection,
         reset=_keep_session,

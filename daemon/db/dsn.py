@@ -11,15 +11,23 @@ log = structlog.get_logger("datesync.db")
 # libpq parameters that asyncpg rejects as server settings ("unrecognized configuration parameter").
 _UNSUPPORTED = ("channel_binding",)
 
+# clean() runs on every (re)connect; the drop is worth saying once per process and parameter set.
+_reported: set[tuple[str, ...]] = set()
+
 
 def clean(dsn: str) -> str:
-    """Drop the query parameters asyncpg cannot use (Neon adds channel_binding=require)."""
+    """Drop the query parameters asyncpg cannot use (Neon adds channel_binding=require); keep the rest
+    (sslmode=require included) as given."""
     parts = urlsplit(dsn)
     query = parse_qsl(parts.query, keep_blank_values=True)
     kept = [(k, v) for k, v in query if k not in _UNSUPPORTED]
-    if len(kept) != len(query):
-        dropped = sorted({k for k, _ in query} - {k for k, _ in kept})
-        log.info("dsn_parameter_dropped", parameters=dropped, reason="not supported by asyncpg")
+    if len(kept) == len(query):
+        return dsn
+    dropped = tuple(sorted({k for k, _ in query} - {k for k, _ in kept}))
+    if dropped not in _reported:
+        _reported.add(dropped)
+        log.info("dsn_parameter_dropped", parameters=list(dropped), host=parts.hostname,
+                 reason="asyncpg does not support it; TLS still follows sslmode")
     return urlunsplit(parts._replace(query=urlencode(kept, safe="/")))
 
 

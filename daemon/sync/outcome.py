@@ -6,6 +6,8 @@ import dataclasses
 import enum
 import random
 
+from daemon.logs import scrub_text
+
 
 class Kind(enum.StrEnum):
     """How the attempt ended, as far as the task row is concerned."""
@@ -43,5 +45,6 @@ def retry_delay(base: float, attempt: int) -> float:
 def error_text(exc: BaseException, limit: int = 2000) -> str:
     """One line for the task table: the exception's type and message, no traceback (that goes to the log)."""
     message = str(exc).strip() or repr(exc)
-    text = f"{type(exc).__name__}: {message}"
+    # The text is stored and shown (API, page, event stream): no secret may ride along in it.
+    text = scrub_text(f"{type(exc).__name__}: {message}")
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -34,6 +34,15 @@ from daemon.sync.store import Claimed, Store
 log = structlog.get_logger("datesync.daemon")
 
 BATCH_CHANNEL = "datesync_batch"
+# Errors that may mean the connection to our own database broke; ctx.db being closed confirms it.
+CONNECTION_LOST: tuple[type[BaseException], ...] = (
+    asyncpg.ConnectionDoesNotExistError, asyncpg.AdminShutdownError, asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionFailureError, asyncpg.InterfaceError, ConnectionError,
+)
+
+
+class DatabaseLost(Exception):
+    """The handler's database connection (ctx.db) broke under it."""
 
 
 
@@ -83,6 +92,7 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._seen_batches: set[int] = set()
         self._claim_lock = asyncio.Lock()
+        self._work_waiting = False
         self._idle = asyncio.Event()  # set whenever no date is running
         self._idle.set()
         self.started_at = time.monotonic()
@@ -104,7 +114,13 @@ class Daemon:
 
     @property
     def listener_connected(self) -> bool:
-        return self.listener.connected.is_set()
+        """Connected, or deliberately disconnected while idle so that the database may sleep."""
+        return self.listener.connected.is_set() or self.listener.idle()
+
+    @property
+    def busy(self) -> bool:
+        """Dates are running here, or queued work was seen at the last look (retries waiting included)."""
+        return bool(self.running) or self._work_waiting
 
     async def run(self) -> None:
         """Run until request_stop(); a crashed side task (listener, heartbeat, finisher) stops everything."""
@@ -153,6 +169,7 @@ class Daemon:
                 await self._claim()
                 if len(self.running) < self.settings.concurrency:
                     nxt = await self.store.seconds_until_next_task()
+                    self._work_waiting = nxt is not None
                     if nxt is not None:
                         timeout = min(timeout, max(nxt, 0.01))
                 if failures:
@@ -269,6 +286,11 @@ class Daemon:
                 try:
                     async with asyncio.timeout(self.settings.task_timeout):
                         result = await handler.sync(c.day, ctx)
+                except CONNECTION_LOST as exc:
+                    # Only a break of *our* connection is the database's fault; an upstream's is the date's.
+                    if conn.is_closed():
+                        raise DatabaseLost(error_text(exc)) from exc
+                    raise
                 finally:
                     if not handler.session_safe and not conn.is_closed():
                         await asyncio.shield(conn.reset())
@@ -286,6 +308,11 @@ class Daemon:
             log.info("date_sync_interrupted", reason=stop_as.value)
         except TimeoutError as exc:
             outcome = self._failure(c, f"timed out after {self.settings.task_timeout:g} s", exc)
+        except DatabaseLost as exc:
+            # Our database went away under the handler (a Neon suspend, a restart): not the date's fault, so
+            # the attempt is handed back rather than counted. The write waits until the database is back.
+            log.warning("date_sync_connection_lost", error=str(exc))
+            outcome = Outcome(c.id, c.batch_id, Kind.RELEASED)
         except Exception as exc:
             outcome = self._failure(c, error_text(exc), exc)
         await self._outcomes.put(outcome)
@@ -366,6 +393,7 @@ class Daemon:
 
     async def _heartbeat_loop(self) -> None:
         interval = self.settings.lease / 3
+        failures = 0
         while True:
             await asyncio.sleep(interval)
             if not self.running:
@@ -373,8 +401,13 @@ class Daemon:
             try:
                 held = await self.store.heartbeat()
             except DB_ERRORS as exc:
-                log.warning("heartbeat_failed", error=error_text(exc))
+                failures += 1
+                if failures == 1:  # once per outage, not every beat
+                    log.warning("heartbeat_failed", error=error_text(exc))
                 continue
+            if failures:
+                log.info("heartbeat_recovered", after_failures=failures)
+                failures = 0
             for task_id, running in list(self.running.items()):
                 if task_id not in held:
                     if not running.task.done():

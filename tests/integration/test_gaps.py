@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import os
 import sys
 from pathlib import Path
@@ -104,6 +105,7 @@ async def test_the_cli_lists_gaps_and_backfills_exactly_them(dsn: str, db: async
     assert code == 0 and "2 of 3 dates of other" in out
     assert await db.fetchval("SELECT count(*) FROM datesync.batch") == 3  # no --backfill, nothing requested
     code, _, err = await cli(dsn, "2025-05-01", "2025-05-03", "--source", "nope")
-    assert code == 2 and 'unknown source "nope"' in err
+    # With LOG_FORMAT=json the CLI's last word is a JSON log line too.
+    assert code == 2 and json.loads(err.strip().splitlines()[-1])["error"] == 'unknown source "nope"'
     code, _, err = await cli(dsn, "2025-05-03", "2025-05-01")
     assert code == 2 and "FROM must not be after TO" in err

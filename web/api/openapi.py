@@ -108,6 +108,9 @@ PATHS: dict[str, Schema] = {
     "/healthz": {"get": op("The process is up", {"200": json_body(success_of(obj(alive=BOOL)), "alive")})},
     "/readyz": {"get": op("Database reachable, migrations current, listener connected", {
         "200": json_body(success_of(obj(ready=BOOL)), "ready"), "503": {"$ref": "#/components/responses/Error"}})},
+    "/metrics": {"get": op("Prometheus metrics: tasks, durations, retries, queue depth, wake latency, SSE clients", {
+        "200": {"description": "Prometheus text format (OpenMetrics when the Accept header asks for it)",
+                "content": {"text/plain": {"schema": TEXT}}}})},
     "/openapi.json": {"get": op("This description", {"200": json_body({"type": "object"}, "OpenAPI 3.0")})},
     "/": {"get": op("The status page", {"200": {"description": "HTML", "content": {"text/html": {"schema": TEXT}}}})},
     f"{PREFIX}/sync/batch": {"post": op(

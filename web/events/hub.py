@@ -141,8 +141,11 @@ class Hub:
     def __init__(self, pool: asyncpg.Pool, direct_dsn: str, config: HubConfig) -> None:
         self.pool = pool
         self.config = config
+        # With a poll of 5 minutes or more the operator lets an idle database sleep: with nobody watching, the
+        # listener neither pings nor reconnects after a suspend until a client arrives.
         self.listener = Listener(direct_dsn, [EVENT_CHANNEL], self._on_notify, self._on_connect,
-                                 application_name="datesync-web-events")
+                                 application_name="datesync-web-events",
+                                 idle=lambda: config.safety_interval >= 300 and not self.clients)
         self.clients: set[Client] = set()
         self.last_seen: int | None = None  # the newest event id read; None until the first read
         self.ready = asyncio.Event()
@@ -170,6 +173,7 @@ class Hub:
         client = Client(self, batch_id, self.config.queue_size)
         self.clients.add(client)
         self.connections_total += 1
+        self.listener.resume()
         return client
 
     def remove(self, client: Client) -> None:
