@@ -178,8 +178,8 @@ async def test_a_setup_that_raises_stops_the_start_and_closes_the_others(
 async def test_the_documented_example_handler_works(
     dsn: str, db: asyncpg.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """docs/handlers.md's weather.py, run by a daemon against a local stand-in for Open-Meteo."""
-    doc = (ROOT / "docs" / "handlers.md").read_text()
+    """The README's weather.py, run by a daemon against a local stand-in for Open-Meteo."""
+    doc = (ROOT / "README.md").read_text()
     code = doc.split("```python\n", 1)[1].split("```", 1)[0]
     name = f"weather_{uuid.uuid4().hex[:8]}"
     (tmp_path / f"{name}.py").write_text(code)
