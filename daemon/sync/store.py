@@ -55,10 +55,8 @@ class Store:
 
     async def expand_next_batch(self, max_attempts: int) -> asyncpg.Record | None:
         """Expand the oldest queued batch into tasks; None when there is none."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.pool.acquire() as conn:
             row: asyncpg.Record | None = await conn.fetchrow(q("batch_expand_next"), max_attempts)
-            if row is not None:
-                await conn.execute(q("event_insert_batch"), row["id"], "running", {"days": row["days"]})
             return row
 
     async def claim(self, limit: int, sources: Sequence[str]) -> list[Claimed]:

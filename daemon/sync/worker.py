@@ -165,7 +165,9 @@ class Daemon:
             try:
                 if self._full_scan:
                     self._full_scan = False
-                    await self._scan()
+                    await self._expand()
+                    await self._claim()  # a new batch's first dates start before the slower housekeeping
+                    await self._housekeep()
                 await self._claim()
                 if len(self.running) < self.settings.concurrency:
                     nxt = await self.store.seconds_until_next_task()
@@ -187,13 +189,16 @@ class Daemon:
             if not self._wake.is_set():
                 self._full_scan = True  # the safety poll: a missed NOTIFY costs at most poll_interval
 
-    async def _scan(self) -> None:
-        """The catch-up scan: everything a NOTIFY might have told us, read from the tables."""
+    async def _expand(self) -> None:
+        """Turn every queued batch into tasks."""
         while not self._stopping.is_set():
             expanded = await self.store.expand_next_batch(self.settings.max_attempts)
             if expanded is None:
                 break
             log.info("batch_expanded", batch_id=expanded["id"], days=expanded["days"], source=expanded["source"])
+
+    async def _housekeep(self) -> None:
+        """The rest of the catch-up scan: cancels, expired leases, batches a crashed daemon left unfinished."""
         for row in await self.store.cancel_requested():
             await self.store.cancel_batch(row["id"], row["state"])
             for running in self.running.values():

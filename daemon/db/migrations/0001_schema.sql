@@ -314,6 +314,32 @@ SELECT b.id AS batch_id,
        b.finished_at
 FROM datesync.batch b;
 
+-- Expand the oldest queued batch: running, one task per date (one INSERT … generate_series), and its event.
+CREATE FUNCTION datesync.batch_expand(p_max_attempts integer)
+RETURNS TABLE (id bigint, source text, days integer, tasks bigint)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    b RECORD;
+    made bigint;
+BEGIN
+    SELECT x.id INTO b FROM datesync.batch x
+    WHERE x.state = 'queued' AND NOT x.cancel_requested
+    ORDER BY x.id LIMIT 1 FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    UPDATE datesync.batch x SET state = 'running', started_at = now() WHERE x.id = b.id
+    RETURNING x.id, x.source, x.start_date, x.end_date, x.force, x.days INTO b;
+    INSERT INTO datesync.task (batch_id, source, day, force, max_attempts)
+    SELECT b.id, b.source, d::date, b.force, p_max_attempts
+    FROM generate_series(b.start_date, b.end_date, interval '1 day') AS d;
+    GET DIAGNOSTICS made = ROW_COUNT;
+    INSERT INTO datesync.event (batch_id, kind, state, data)
+    VALUES (b.id, 'batch', 'running', jsonb_build_object('days', b.days));
+    RETURN QUERY SELECT b.id, b.source, b.days, made;
+END $$;
+
 -- The hot path, one round trip each: claim dates, and record attempts' outcomes. Each runs its statements in
 -- the order every transaction follows (task rows, day rows, batch rows, events last) and ends the batches
 -- whose last date it settled, so no separate transaction is needed to notice that a batch is done.

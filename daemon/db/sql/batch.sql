@@ -7,24 +7,9 @@ VALUES ($1, $2, $3, $4, $5, $6)
 RETURNING id, source, start_date, end_date, force, state, days, created_at;
 
 -- name: batch_expand_next
--- Move the oldest queued batch to running and create one task per date in one statement.
-WITH next AS (
-    SELECT id FROM datesync.batch
-    WHERE state = 'queued' AND NOT cancel_requested
-    ORDER BY id
-    LIMIT 1
-    FOR UPDATE SKIP LOCKED
-), started AS (
-    UPDATE datesync.batch b SET state = 'running', started_at = now()
-    FROM next WHERE b.id = next.id
-    RETURNING b.id, b.source, b.start_date, b.end_date, b.force, b.days
-), tasks AS (
-    INSERT INTO datesync.task (batch_id, source, day, force, max_attempts)
-    SELECT s.id, s.source, d::date, s.force, $1
-    FROM started s, generate_series(s.start_date, s.end_date, interval '1 day') AS d
-    RETURNING 1
-)
-SELECT s.id, s.source, s.days, (SELECT count(*) FROM tasks) AS tasks FROM started s;
+-- Move the oldest queued batch to running, with one task per date and its "running" event, in one statement
+-- (datesync.batch_expand); no row when there is none.
+SELECT * FROM datesync.batch_expand($1);
 
 -- name: batch_cancel_requested
 -- Unfinished batches whose cancel was requested (from the API or psql).
