@@ -1,0 +1,23 @@
+"""`datesync bench --quick --json` runs end to end and reports every figure (no timing assertions here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from datesync.bench import KEYS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_quick_reports_every_key(server_dsn: str) -> None:
+    env = {**os.environ, "DATABASE_URL": server_dsn, "PYTHONPATH": str(ROOT), "LOG_FORMAT": "json"}
+    proc = subprocess.run([sys.executable, "-m", "datesync.cli", "bench", "--quick", "--json"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(figures) == set(KEYS)
+    assert all(isinstance(v, (int, float)) and v > 0 for v in figures.values()), figures
