@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck pytest browser clean
+.PHONY: run test lint typecheck pytest browser clean soak
 
 # (Re)install only when pyproject.toml changed.
 $(STAMP): pyproject.toml
@@ -38,6 +38,12 @@ browser:
 	    echo "note: /usr/bin/chromium is missing; browser tests will fail (apt-get install chromium)"; \
 	  fi; \
 	fi
+
+# The fault scenarios of tests/faults with bigger numbers, for SOAK_SECONDS (not part of `make test`); prints a
+# summary table and fails when any invariant broke. SOAK_SEED replays an order; SOAK_ARGS passes more options.
+SOAK_SECONDS ?= 300
+soak: $(STAMP)
+	SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/python -m tests.faults.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -24,6 +24,7 @@ class Outcome:
     task_id: int
     batch_id: int
     kind: Kind
+    attempt: int = 0  # the attempt this outcome belongs to: it fences a stale run's write
     error: str | None = None
     rows: int | None = None
     retry_in: float | None = None  # set for a failure with attempts left

@@ -81,6 +81,7 @@ class Store:
                 q("task_finish"),
                 self.worker,
                 [o.task_id for o in ending],
+                [o.attempt for o in ending],
                 [o.row_state for o in ending],
                 [o.error for o in ending],
                 [o.rows for o in ending],
@@ -92,16 +93,17 @@ class Store:
             )
         return [r for r in rows if r["kind"] == "finished"], [_claimed(r) for r in rows if r["kind"] == "claimed"]
 
-    async def heartbeat(self) -> dict[int, bool]:
-        """Renew our leases; {task id: cancel requested} for every task we still hold."""
+    async def heartbeat(self, held: Sequence[Claimed]) -> dict[int, bool]:
+        """Renew our leases on `held`; {task id: cancel requested} for each one we still hold."""
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch(q("task_heartbeat"), self.worker, self.lease)
+            rows = await conn.fetch(q("task_heartbeat"), self.worker, self.lease,
+                                    [c.id for c in held], [c.attempt for c in held])
         return {r["id"]: r["cancel_requested"] for r in rows}
 
     async def requeue_expired(self) -> list[asyncpg.Record]:
         """Take back tasks whose lease ran out; those out of attempts fail and their day says so."""
         async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(q("task_requeue_expired"))
+            rows = await conn.fetch(q("task_requeue_expired"), self.worker)
             failed = [r for r in rows if r["state"] == "failed"]
             if failed:
                 await conn.execute(
@@ -140,7 +142,7 @@ class Store:
 
     async def seconds_until_next_task(self) -> float | None:
         async with self.pool.acquire() as conn:
-            wait: datetime.timedelta | None = await conn.fetchval(q("task_next_run_after"))
+            wait: datetime.timedelta | None = await conn.fetchval(q("task_next_run_after"), self.worker)
         return None if wait is None else max(wait.total_seconds(), 0.0)
 
     async def write_progress(self, task: Claimed, done: int, total: int, note: str | None) -> None:

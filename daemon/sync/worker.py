@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import os
 import secrets
 import socket
@@ -93,6 +94,7 @@ class Daemon:
         self._seen_batches: set[int] = set()
         self._claim_lock = asyncio.Lock()
         self._work_waiting = False
+        self._housekept_at = 0.0
         self._idle = asyncio.Event()  # set whenever no date is running
         self._idle.set()
         self.started_at = time.monotonic()
@@ -163,8 +165,13 @@ class Daemon:
             self.listener.resume()  # we are about to query anyway: a dropped listener may reconnect now
             timeout = self.settings.poll_interval
             try:
+                # A busy daemon is woken by its own finishes, never by the poll: still look for expired leases
+                # (a dead peer's dates, whose lease may be shorter than ours) at least every second.
+                if time.monotonic() - self._housekept_at > min(self.settings.lease / 2, 1.0):
+                    self._full_scan = True
                 if self._full_scan:
                     self._full_scan = False
+                    self._housekept_at = time.monotonic()
                     await self._expand()
                     await self._claim()  # a new batch's first dates start before the slower housekeeping
                     await self._housekeep()
@@ -269,10 +276,25 @@ class Daemon:
             metrics.WAKE_SECONDS.observe(max(0.0, time.time() - task.batch_created_at.timestamp()))
 
     def _start(self, claimed: Claimed) -> None:
+        if claimed.id in self.running:
+            # Our own row came back to us while the old run is still here (its lease was taken back): the old
+            # run is stale. Its outcome is fenced by its attempt number; stop it.
+            self._stop_task(self.running[claimed.id], Kind.LOST)
         task = asyncio.create_task(self._run_one(claimed), name=f"date-{claimed.source}-{claimed.day}")
+        # A task cancelled before it ever ran never enters _run_one's handlers: account for it here.
+        task.add_done_callback(functools.partial(self._cancelled_before_start, claimed=claimed))
         self.running[claimed.id] = Running(claimed, task)
         metrics.RUNNING_HERE.set(len(self.running))
         self._idle.clear()
+
+    def _cancelled_before_start(self, task: asyncio.Task[None], claimed: Claimed) -> None:
+        if not task.cancelled():
+            return
+        c = claimed
+        running = self.running.get(c.id)
+        kind = running.stop_as if running is not None and running.task is task else None
+        if kind is not None:
+            self._outcomes.put_nowait(Outcome(c.id, c.batch_id, kind, c.attempt))
 
     async def _run_one(self, c: Claimed) -> None:
         structlog.contextvars.bind_contextvars(batch_id=c.batch_id, day=c.day.isoformat(), attempt=c.attempt,
@@ -301,7 +323,7 @@ class Daemon:
                         await asyncio.shield(conn.reset())
             if result is not None and (not isinstance(result, int) or isinstance(result, bool)):
                 raise TypeError(f"the handler returned {type(result).__name__}; expected an int or None")
-            outcome = Outcome(c.id, c.batch_id, Kind.SUCCEEDED, rows=result)
+            outcome = Outcome(c.id, c.batch_id, Kind.SUCCEEDED, c.attempt, rows=result)
             log.info("date_sync_succeeded", rows=result, seconds=round(time.monotonic() - started, 3))
             metrics.TASK_SECONDS.labels(c.source).observe(time.monotonic() - started)
         except asyncio.CancelledError:
@@ -309,7 +331,7 @@ class Daemon:
             if stop_as is None:
                 raise  # not ours: the process is going down hard
             error = "cancelled: its batch was cancelled" if stop_as is Kind.CANCELLED else None
-            outcome = Outcome(c.id, c.batch_id, stop_as, error=error)
+            outcome = Outcome(c.id, c.batch_id, stop_as, c.attempt, error=error)
             log.info("date_sync_interrupted", reason=stop_as.value)
         except TimeoutError as exc:
             outcome = self._failure(c, f"timed out after {self.settings.task_timeout:g} s", exc)
@@ -317,7 +339,7 @@ class Daemon:
             # Our database went away under the handler (a Neon suspend, a restart): not the date's fault, so
             # the attempt is handed back rather than counted. The write waits until the database is back.
             log.warning("date_sync_connection_lost", error=str(exc))
-            outcome = Outcome(c.id, c.batch_id, Kind.RELEASED)
+            outcome = Outcome(c.id, c.batch_id, Kind.RELEASED, c.attempt)
         except Exception as exc:
             outcome = self._failure(c, error_text(exc), exc)
         await self._outcomes.put(outcome)
@@ -328,9 +350,9 @@ class Daemon:
             metrics.RETRIES.labels(c.source).inc()
             delay = retry_delay(self.settings.retry_delay, c.attempt)
             log.warning("date_sync_failed_will_retry", error=message, retry_in_s=round(delay, 2), exc_info=exc)
-            return Outcome(c.id, c.batch_id, Kind.FAILED, error=message, retry_in=delay)
+            return Outcome(c.id, c.batch_id, Kind.FAILED, c.attempt, error=message, retry_in=delay)
         log.error("date_sync_failed", error=message, exc_info=exc)
-        return Outcome(c.id, c.batch_id, Kind.FAILED, error=message)
+        return Outcome(c.id, c.batch_id, Kind.FAILED, c.attempt, error=message)
 
     def _stop_task(self, running: Running, kind: Kind) -> None:
         if running.stop_as is None and not running.task.done():
@@ -384,7 +406,9 @@ class Daemon:
             if row["state"] in ("succeeded", "failed", "cancelled"):
                 metrics.TASKS_FINISHED.labels(sources.get(row["id"], "?"), row["state"]).inc()
         for outcome in batch:
-            self.running.pop(outcome.task_id, None)
+            current = self.running.get(outcome.task_id)
+            if current is not None and current.claimed.attempt == outcome.attempt:
+                self.running.pop(outcome.task_id)
         metrics.RUNNING_HERE.set(len(self.running))
         if not self.running:
             self._idle.set()
@@ -403,8 +427,9 @@ class Daemon:
             await asyncio.sleep(interval)
             if not self.running:
                 continue
+            sent = [r.claimed for r in self.running.values()]
             try:
-                held = await self.store.heartbeat()
+                held = await self.store.heartbeat(sent)
             except DB_ERRORS as exc:
                 failures += 1
                 if failures == 1:  # once per outage, not every beat
@@ -413,7 +438,11 @@ class Daemon:
             if failures:
                 log.info("heartbeat_recovered", after_failures=failures)
                 failures = 0
-            for task_id, running in list(self.running.items()):
+            for claimed in sent:
+                running = self.running.get(claimed.id)
+                if running is None or running.claimed is not claimed:
+                    continue  # finished, or claimed again, while the heartbeat was in flight
+                task_id = claimed.id
                 if task_id not in held:
                     if not running.task.done():
                         log.warning("task_lease_lost", task_id=task_id, day=str(running.claimed.day))

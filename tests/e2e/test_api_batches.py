@@ -80,8 +80,9 @@ async def test_nothing_to_cancel_or_retry_is_a_409_with_a_clear_message(dsn: str
         batch_id = (await client.post("/sync/batch", json={"start_date": "2025-10-01", "end_date": "2025-10-02"}))\
             .json()["data"]["batch_id"]
         unfinished = error_of(await client.post(f"/batches/{batch_id}/retry"), 409, "id")
-        await db.execute("UPDATE datesync.batch SET state = 'cancelled', cancel_requested = true, finished_at = now() "
-                         "WHERE id = $1", batch_id)
+        # End it as the engine does: a cancel request, then the daemon's cancel of a batch never expanded.
+        await db.execute("UPDATE datesync.batch SET cancel_requested = true WHERE id = $1", batch_id)
+        await db.execute("SELECT datesync.batch_cancel_unexpanded($1)", batch_id)
         ended = await client.post(f"/batches/{batch_id}/cancel", headers={"Accept-Language": "zh"})
         nothing = error_of(await client.post(f"/batches/{batch_id}/retry"), 409, "id")
     assert unfinished == f"batch {batch_id} is still queued; retry it after it ends"

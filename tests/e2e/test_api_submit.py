@@ -301,8 +301,10 @@ async def test_concurrent_identical_requests_make_exactly_one_batch(live: Live, 
 async def test_a_repeated_idempotency_key_returns_the_first_batch(live: Live, db: asyncpg.Connection) -> None:
     async with httpx.AsyncClient(base_url=live.api) as client:
         first = await client.post("/sync/batch", json=GOOD, headers={"Idempotency-Key": "order-1"})
-        await db.execute("UPDATE datesync.batch SET state = 'cancelled', cancel_requested = true, "
-                         "finished_at = now() WHERE id = $1", first.json()["data"]["batch_id"])
+        # End it as the engine does: a cancel request, then the daemon's cancel of a batch never expanded.
+        await db.execute("UPDATE datesync.batch SET cancel_requested = true WHERE id = $1",
+                         first.json()["data"]["batch_id"])
+        await db.execute("SELECT datesync.batch_cancel_unexpanded($1)", first.json()["data"]["batch_id"])
         replay = await client.post("/sync/batch", json=GOOD, headers={"Idempotency-Key": "order-1"})
         other_body = await client.post("/sync/batch", json={**GOOD, "force": True},
                                        headers={"Idempotency-Key": "order-1"})

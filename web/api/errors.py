@@ -8,7 +8,7 @@ from typing import Any
 
 import structlog
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -62,6 +62,9 @@ class Guard:
 
         try:
             await self.app(scope, receive, tracked)
+        except ClientDisconnect:
+            # The client went away while sending its body: nobody to answer, and nothing went wrong here.
+            log.info("api_client_disconnected", method=scope.get("method"), path=scope.get("path"))
         except Exception as exc:
             log.error("api_unhandled_error", method=scope.get("method"), path=scope.get("path"), exc_info=exc)
             if started:  # a stream broke mid-way: nothing can be sent any more

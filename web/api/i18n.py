@@ -90,6 +90,11 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "missing or wrong API token: send Authorization: Bearer <token>",
         "缺少 API 令牌或令牌错误：请发送 Authorization: Bearer <token>",
     ),
+    "cross_site": (
+        "a browser sent this request from another site ({origin}); add that origin to DATESYNC_CORS_ORIGINS to "
+        "allow it",
+        "该请求由浏览器从其他站点（{origin}）发出；如需允许，请将该来源加入 DATESYNC_CORS_ORIGINS",
+    ),
     "route_not_found": ("no such endpoint: {method} {path}", "不存在该接口：{method} {path}"),
     "method_not_allowed": ("{method} is not allowed on {path}", "{path} 不支持 {method} 方法"),
     "http_error": ("the request failed ({status})", "请求失败（{status}）"),

@@ -1,4 +1,5 @@
-"""The API's middleware: CORS for exactly DATESYNC_CORS_ORIGINS, the last-resort guard, and a body limit."""
+"""The API's middleware: CORS for exactly DATESYNC_CORS_ORIGINS, the last-resort guard, cross-site requests
+refused, and a body limit."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from daemon.settings import Settings
-from web.api.envelope import ApiError, failure, problem
+from web.api.envelope import ApiError, failure, problem, shown
 from web.api.errors import Guard
 from web.api.i18n import preferred
 
@@ -52,9 +53,39 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
+class CrossSiteGuard:
+    """Refuse a mutating request that a browser marks as sent from another site, unless its origin is configured.
+
+    A page anywhere can make its visitor's browser send a "simple" cross-origin POST (a text/plain body, or none
+    at all for cancel and retry) that needs no CORS preflight, to any address the visitor reaches: a datesync on
+    localhost or an intranet, typically without DATESYNC_API_TOKEN. CORS only hides the answer; the batch would
+    be created or cancelled. Browsers label every request with Sec-Fetch-Site, which a page cannot set; clients
+    that are not browsers (curl, the CLI) send none and are not affected.
+    """
+
+    SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+    def __init__(self, app: ASGIApp, allowed_origins: tuple[str, ...] = ()) -> None:
+        self.app = app
+        self.allowed = frozenset(allowed_origins)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] not in self.SAFE_METHODS:
+            headers = Headers(scope=scope)
+            site = (headers.get("sec-fetch-site") or "none").strip().lower()
+            origin = headers.get("origin")
+            if site not in ("same-origin", "none") and origin not in self.allowed:
+                error = ApiError(403, [problem("Origin", "cross_site", origin=shown(origin or site))])
+                await failure(error, preferred(headers.get("accept-language")))(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def middleware(settings: Settings) -> list[Middleware]:
-    """Outermost first: CORS (so error answers carry its headers too), the guard, the body limit."""
-    stack = [Middleware(Guard), Middleware(BodyLimit)]
+    """Outermost first: CORS (so error answers carry its headers too), the guard, cross-site refusal, the body
+    limit."""
+    stack = [Middleware(Guard), Middleware(CrossSiteGuard, allowed_origins=settings.cors_origins),
+             Middleware(BodyLimit)]
     if settings.cors_origins:
         cors = Middleware(
             CORSMiddleware,

@@ -43,7 +43,8 @@ def json_body(schema: Schema, description: str) -> Schema:
 
 
 def errors(*statuses: int) -> dict[str, Schema]:
-    """Error envelopes: 400 malformed body, 401 token, 404, 409 batch state, 413 over 64 KiB, 422 invalid field."""
+    """Error envelopes: 400 malformed body, 401 token, 403 cross-site, 404, 409 batch state, 413 over 64 KiB,
+    422 invalid field."""
     return {str(s): {"$ref": "#/components/responses/Error"} for s in statuses}
 
 
@@ -118,7 +119,7 @@ PATHS: dict[str, Schema] = {
         {"202": json_body(success_of(ref("BatchAccepted")), "Accepted; the daemon starts it"),
          "200": json_body(success_of({"oneOf": [ref("BatchAccepted"), ref("DryRun")]}),
                           "An identical unfinished batch (or the Idempotency-Key's), or a dry run's plan"),
-         **errors(400, 401, 413, 422)},
+         **errors(400, 401, 403, 413, 422)},
         requestBody={"required": True, "content": {"application/json": {"schema": ref("BatchRequest")}}},
         parameters=[header("Idempotency-Key", {**TEXT, "minLength": 1, "maxLength": 255,
                                                "pattern": "^[ -~]*[!-~][ -~]*$"},
@@ -136,12 +137,13 @@ PATHS: dict[str, Schema] = {
         parameters=[BATCH_ID])},
     f"{PREFIX}/batches/{{batch_id}}/cancel": {"post": op(
         "Ask for a batch to be cancelled",
-        {"202": json_body(success_of(obj(batch=ref("Batch"), message=TEXT)), "Requested"), **errors(401, 404, 409)},
+        {"202": json_body(success_of(obj(batch=ref("Batch"), message=TEXT)), "Requested"),
+         **errors(401, 403, 404, 409)},
         parameters=[BATCH_ID, LANGUAGE], security=SECURED)},
     f"{PREFIX}/batches/{{batch_id}}/retry": {"post": op(
         "Requeue a finished batch's failed dates",
         {"202": json_body(success_of(obj(batch=ref("Batch"), requeued=INT, message=TEXT)), "Requeued"),
-         **errors(401, 404, 409)},
+         **errors(401, 403, 404, 409)},
         parameters=[BATCH_ID, LANGUAGE], security=SECURED)},
     f"{PREFIX}/batches/{{batch_id}}/events": {"get": op(
         "A batch's progress as Server-Sent Events; ends after its final event", {**SSE, **errors(404)},

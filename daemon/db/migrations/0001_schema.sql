@@ -109,6 +109,9 @@ CREATE TABLE datesync.day (
     started_at  timestamptz,
     synced_at   timestamptz,
     updated_at  timestamptz NOT NULL DEFAULT now(),
+    -- The status before the current run, restored if that run is cancelled or handed back (NULL: never
+    -- synced before, and the row goes away again).
+    prior_status datesync.day_status CHECK (prior_status IS NULL OR prior_status <> 'running'),
     PRIMARY KEY (source, day),
     CONSTRAINT day_synced_at_when_success CHECK (status <> 'success' OR synced_at IS NOT NULL)
 );
@@ -175,6 +178,12 @@ BEGIN
         RAISE EXCEPTION 'end_date % is in the future (today is % in %)', NEW.end_date, today, zone
             USING ERRCODE = 'check_violation', DETAIL = 'end_date';
     END IF;
+    IF NEW.state <> 'queued' OR NEW.started_at IS NOT NULL OR NEW.finished_at IS NOT NULL
+       OR (NEW.queued, NEW.running, NEW.succeeded, NEW.failed, NEW.skipped, NEW.cancelled)
+          IS DISTINCT FROM (0, 0, 0, 0, 0, 0) THEN
+        RAISE EXCEPTION 'a new batch starts queued, with no counts: datesync keeps its state'
+            USING ERRCODE = 'check_violation', DETAIL = 'state';
+    END IF;
     IF NOT EXISTS (SELECT 1 FROM datesync.source WHERE name = NEW.source) THEN
         RAISE EXCEPTION 'unknown source "%"', NEW.source USING ERRCODE = 'check_violation', DETAIL = 'source';
     END IF;
@@ -184,6 +193,16 @@ CREATE TRIGGER batch_validate BEFORE INSERT ON datesync.batch
     FOR EACH ROW EXECUTE FUNCTION datesync.batch_validate();
 
 -- The range of a batch is fixed once accepted: its tasks were expanded from it.
+-- The engine's own functions mark their batch writes (a transaction-local setting they clear again), so the
+-- guard below can tell them from an operator's hand edit. Custom settings need no privilege (Neon's roles are
+-- not superusers); a function-level SET clause would.
+CREATE FUNCTION datesync.engine_on() RETURNS void LANGUAGE sql AS $$
+    SELECT set_config('datesync.engine', 'on', true);
+$$;
+CREATE FUNCTION datesync.engine_off() RETURNS void LANGUAGE sql AS $$
+    SELECT set_config('datesync.engine', '', true);
+$$;
+
 CREATE FUNCTION datesync.batch_guard_update() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF NEW.start_date <> OLD.start_date OR NEW.end_date <> OLD.end_date OR NEW.source <> OLD.source
@@ -198,6 +217,16 @@ BEGIN
     END IF;
     IF NEW.cancel_requested AND NOT OLD.cancel_requested AND OLD.state IN ('succeeded', 'failed', 'cancelled') THEN
         RAISE EXCEPTION 'batch % has already ended (%)', OLD.id, OLD.state USING ERRCODE = 'check_violation';
+    END IF;
+    -- State, timings and counts belong to the engine: its functions run with datesync.engine = on, and the
+    -- counters are kept by a trigger (one level deeper). An operator's UPDATE may set cancel_requested only.
+    IF pg_trigger_depth() = 1 AND current_setting('datesync.engine', true) IS DISTINCT FROM 'on'
+       AND (NEW.state, NEW.started_at, NEW.finished_at, NEW.queued, NEW.running, NEW.succeeded, NEW.failed,
+            NEW.skipped, NEW.cancelled)
+           IS DISTINCT FROM (OLD.state, OLD.started_at, OLD.finished_at, OLD.queued, OLD.running, OLD.succeeded,
+                             OLD.failed, OLD.skipped, OLD.cancelled) THEN
+        RAISE EXCEPTION 'a batch''s state and counts are kept by datesync; to stop a batch, set cancel_requested'
+            USING ERRCODE = 'check_violation';
     END IF;
     RETURN NEW;
 END $$;
@@ -289,6 +318,26 @@ BEGIN
 END $$;
 CREATE TRIGGER task_count_insert AFTER INSERT ON datesync.task
     REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION datesync.task_count();
+-- A hand DELETE of tasks takes them out of their batch's counts too.
+CREATE FUNCTION datesync.task_count_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM datesync.batch WHERE id IN (SELECT batch_id FROM old_rows) ORDER BY id FOR UPDATE;
+    UPDATE datesync.batch b
+    SET queued = b.queued - p.queued, running = b.running - p.running, succeeded = b.succeeded - p.succeeded,
+        failed = b.failed - p.failed, skipped = b.skipped - p.skipped, cancelled = b.cancelled - p.cancelled
+    FROM (SELECT batch_id,
+                 count(*) FILTER (WHERE state = 'queued') AS queued,
+                 count(*) FILTER (WHERE state = 'running') AS running,
+                 count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
+                 count(*) FILTER (WHERE state = 'failed') AS failed,
+                 count(*) FILTER (WHERE state = 'skipped') AS skipped,
+                 count(*) FILTER (WHERE state = 'cancelled') AS cancelled
+          FROM old_rows GROUP BY batch_id) p
+    WHERE b.id = p.batch_id;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER task_count_delete AFTER DELETE ON datesync.task
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION datesync.task_count_delete();
 CREATE TRIGGER task_count_update AFTER UPDATE ON datesync.task
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION datesync.task_count();
 
@@ -314,6 +363,16 @@ SELECT b.id AS batch_id,
        b.finished_at
 FROM datesync.batch b;
 
+-- Put days back as they were before a run that did not finish (cancelled, handed back, lease taken back): the
+-- prior status, or no row at all for a day never synced before. Only days still marked running are touched.
+CREATE FUNCTION datesync.day_restore(p_sources text[], p_days date[]) RETURNS void LANGUAGE sql AS $$
+    DELETE FROM datesync.day d USING unnest(p_sources, p_days) AS r(source, day)
+    WHERE d.source = r.source AND d.day = r.day AND d.status = 'running' AND d.prior_status IS NULL;
+    UPDATE datesync.day d SET status = d.prior_status, prior_status = NULL, updated_at = now()
+    FROM unnest(p_sources, p_days) AS r(source, day)
+    WHERE d.source = r.source AND d.day = r.day AND d.status = 'running';
+$$;
+
 -- Expand the oldest queued batch: running, one task per date (one INSERT … generate_series), and its event.
 CREATE FUNCTION datesync.batch_expand(p_max_attempts integer)
 RETURNS TABLE (id bigint, source text, days integer, tasks bigint)
@@ -323,10 +382,12 @@ DECLARE
     b RECORD;
     made bigint;
 BEGIN
+    PERFORM datesync.engine_on();
     SELECT x.id INTO b FROM datesync.batch x
     WHERE x.state = 'queued' AND NOT x.cancel_requested
     ORDER BY x.id LIMIT 1 FOR UPDATE SKIP LOCKED;
     IF NOT FOUND THEN
+        PERFORM datesync.engine_off();
         RETURN;
     END IF;
     UPDATE datesync.batch x SET state = 'running', started_at = now() WHERE x.id = b.id
@@ -337,7 +398,41 @@ BEGIN
     GET DIAGNOSTICS made = ROW_COUNT;
     INSERT INTO datesync.event (batch_id, kind, state, data)
     VALUES (b.id, 'batch', 'running', jsonb_build_object('days', b.days));
+    PERFORM datesync.engine_off();
     RETURN QUERY SELECT b.id, b.source, b.days, made;
+END $$;
+
+-- Cancel a batch that was never expanded (its cancel was requested).
+CREATE FUNCTION datesync.batch_cancel_unexpanded(p_id bigint) RETURNS SETOF bigint
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM datesync.engine_on();
+    RETURN QUERY UPDATE datesync.batch SET state = 'cancelled', finished_at = now()
+        WHERE id = p_id AND state = 'queued' AND cancel_requested
+        RETURNING id;
+    PERFORM datesync.engine_off();
+END $$;
+
+-- Requeue a finished batch's failed (and, for a cancelled batch, cancelled) dates; the batch runs again. Task
+-- rows are changed before the batch row, the lock order every transaction follows.
+CREATE FUNCTION datesync.batch_requeue_failed(p_id bigint) RETURNS TABLE (id bigint, requeued bigint)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM datesync.engine_on();
+    RETURN QUERY WITH t AS (
+        UPDATE datesync.task t
+        SET state = 'queued', attempt = 0, run_after = now(), error = NULL, finished_at = NULL
+        WHERE t.batch_id = p_id AND t.state IN ('failed', 'cancelled')
+          AND EXISTS (SELECT 1 FROM datesync.batch b WHERE b.id = p_id AND b.state IN ('failed', 'cancelled'))
+        RETURNING t.id
+    ), b AS (
+        UPDATE datesync.batch SET state = 'running', cancel_requested = false, finished_at = NULL
+        WHERE batch.id = p_id AND state IN ('failed', 'cancelled') AND EXISTS (SELECT 1 FROM t)
+        RETURNING batch.id
+    )
+    SELECT b.id, (SELECT count(*) FROM t) FROM b;
+    PERFORM datesync.engine_off();
 END $$;
 
 -- The hot path, one round trip each: claim dates, and record attempts' outcomes. Each runs its statements in
@@ -353,6 +448,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     ended datesync.batch[];
 BEGIN
+    PERFORM datesync.engine_on();
     WITH e AS (
         UPDATE datesync.batch b
         SET state = CASE WHEN b.cancel_requested THEN 'cancelled'
@@ -365,6 +461,7 @@ BEGIN
         RETURNING b.*
     )
     SELECT array_agg(e ORDER BY e.id) INTO ended FROM e;
+    PERFORM datesync.engine_off();
     IF ended IS NULL THEN
         RETURN;
     END IF;
@@ -437,7 +534,8 @@ BEGIN
         SELECT u.source, u.day, 'running', u.batch_id, u.id, u.attempt, now() FROM upd u WHERE u.state = 'running'
         ON CONFLICT (source, day) DO UPDATE
         SET status = 'running', batch_id = EXCLUDED.batch_id, task_id = EXCLUDED.task_id,
-            attempts = EXCLUDED.attempts, started_at = EXCLUDED.started_at, updated_at = now()
+            attempts = EXCLUDED.attempts, started_at = EXCLUDED.started_at, updated_at = now(),
+            prior_status = CASE WHEN d.status = 'running' THEN d.prior_status ELSE d.status END
     )
     SELECT array_agg(u) INTO claimed FROM upd u;
     RETURN coalesce(claimed, '{}');
@@ -446,8 +544,9 @@ END $$;
 -- Record outcomes of attempts run by p_worker: succeeded, failed (for good), queued (retry after p_retry_in
 -- seconds), cancelled; and hand back p_released (shutdown: queued at once, the attempt not counted). Updates
 -- the days. Rows whose lease was lost (cancel, takeover) are left alone and not returned. No events.
-CREATE FUNCTION datesync.task_finish_rows(p_worker text, p_ids bigint[], p_states text[], p_errors text[],
-                                          p_rows bigint[], p_retry_in float8[], p_released bigint[])
+CREATE FUNCTION datesync.task_finish_rows(p_worker text, p_ids bigint[], p_attempts integer[], p_states text[],
+                                          p_errors text[], p_rows bigint[], p_retry_in float8[],
+                                          p_released bigint[])
 RETURNS datesync.task[]
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -456,8 +555,8 @@ DECLARE
 BEGIN
     IF coalesce(cardinality(p_ids), 0) > 0 THEN
         WITH result AS (
-            SELECT * FROM unnest(p_ids, p_states, p_errors, p_rows, p_retry_in)
-                AS r(id, state, error, rows_synced, retry_in)
+            SELECT * FROM unnest(p_ids, p_attempts, p_states, p_errors, p_rows, p_retry_in)
+                AS r(id, attempt, state, error, rows_synced, retry_in)
         ), fin AS (
             UPDATE datesync.task t
             SET state = r.state::datesync.task_state,
@@ -469,12 +568,13 @@ BEGIN
                 lease_owner = NULL,
                 lease_expires_at = NULL
             FROM result r
-            WHERE t.id = r.id AND t.state = 'running' AND t.lease_owner = p_worker
+            -- The attempt fences a stale run: its outcome never lands on a newer attempt of the same row.
+            WHERE t.id = r.id AND t.attempt = r.attempt AND t.state = 'running' AND t.lease_owner = p_worker
             RETURNING t.*
         ), d AS (
             UPDATE datesync.day d
             SET status = CASE WHEN f.state = 'succeeded' THEN 'success'
-                              WHEN f.state = 'cancelled' THEN d.status
+                              WHEN f.state = 'cancelled' THEN d.status  -- day_restore, below
                               ELSE 'failed' END::datesync.day_status,
                 rows_synced = CASE WHEN f.state = 'succeeded' THEN f.rows_synced ELSE d.rows_synced END,
                 error = CASE WHEN f.state = 'succeeded' THEN NULL ELSE coalesce(f.error, d.error) END,
@@ -484,6 +584,9 @@ BEGIN
             WHERE d.source = f.source AND d.day = f.day
         )
         SELECT array_agg(f) INTO changed FROM fin f;
+        -- A cancelled run leaves its day as it found it (or absent, if it had never been synced).
+        PERFORM datesync.day_restore(array_agg(c.source), array_agg(c.day))
+        FROM unnest(changed) c WHERE c.state = 'cancelled';
     END IF;
     IF coalesce(cardinality(p_released), 0) > 0 THEN
         WITH rel AS (
@@ -494,6 +597,7 @@ BEGIN
             RETURNING t.*
         )
         SELECT array_agg(r) INTO released FROM rel r;
+        PERFORM datesync.day_restore(array_agg(r.source), array_agg(r.day)) FROM unnest(released) r;
     END IF;
     RETURN coalesce(changed, '{}') || coalesce(released, '{}');
 END $$;
@@ -538,8 +642,8 @@ $$;
 -- one commit where a claim and a finish would take two. The claim comes first: it is the only statement that
 -- can wait on another transaction (the one-running-per-day index), and it must not wait while holding the
 -- batch rows that the finish locks.
-CREATE FUNCTION datesync.task_finish(p_worker text, p_ids bigint[], p_states text[], p_errors text[],
-                                     p_rows bigint[], p_retry_in float8[], p_released bigint[],
+CREATE FUNCTION datesync.task_finish(p_worker text, p_ids bigint[], p_attempts integer[], p_states text[],
+                                     p_errors text[], p_rows bigint[], p_retry_in float8[], p_released bigint[],
                                      p_claim_limit integer, p_lease float8, p_sources text[])
 RETURNS TABLE (kind text, id bigint, batch_id bigint, source text, day date, state text, attempt integer,
                max_attempts integer, batch_state text, batch_created_at timestamptz)
@@ -549,5 +653,6 @@ DECLARE
 BEGIN
     RETURN QUERY SELECT * FROM datesync.task_log_and_settle(
         claimed,
-        datesync.task_finish_rows(p_worker, p_ids, p_states, p_errors, p_rows, p_retry_in, p_released));
+        datesync.task_finish_rows(p_worker, p_ids, p_attempts, p_states, p_errors, p_rows, p_retry_in,
+                                  p_released));
 END $$;

@@ -17,10 +17,8 @@ SELECT id, state FROM datesync.batch
 WHERE cancel_requested AND state IN ('queued', 'running');
 
 -- name: batch_cancel_queued
--- Cancel a batch that was never expanded.
-UPDATE datesync.batch SET state = 'cancelled', finished_at = now()
-WHERE id = $1 AND state = 'queued' AND cancel_requested
-RETURNING id;
+-- Cancel a batch that was never expanded (datesync.batch_cancel_unexpanded).
+SELECT * FROM datesync.batch_cancel_unexpanded($1) AS id;
 
 -- name: batch_request_cancel
 -- Ask for a batch to be cancelled; the daemons do the rest. Returns nothing once the batch has ended.
@@ -37,20 +35,9 @@ SELECT * FROM datesync.batch_end_settled($1::bigint[]);
 SELECT id FROM datesync.batch WHERE state = 'running';
 
 -- name: batch_retry
--- Requeue a finished batch's failed (and, for a cancelled batch, cancelled) dates; the batch runs again.
--- Task rows are changed before the batch row, the lock order every transaction follows.
-WITH t AS (
-    UPDATE datesync.task t
-    SET state = 'queued', attempt = 0, run_after = now(), error = NULL, finished_at = NULL
-    WHERE t.batch_id = $1 AND t.state IN ('failed', 'cancelled')
-      AND EXISTS (SELECT 1 FROM datesync.batch b WHERE b.id = $1 AND b.state IN ('failed', 'cancelled'))
-    RETURNING t.id
-), b AS (
-    UPDATE datesync.batch SET state = 'running', cancel_requested = false, finished_at = NULL
-    WHERE id = $1 AND state IN ('failed', 'cancelled') AND EXISTS (SELECT 1 FROM t)
-    RETURNING id
-)
-SELECT b.id, (SELECT count(*) FROM t) AS requeued FROM b;
+-- Requeue a finished batch's failed (and, for a cancelled batch, cancelled) dates (datesync.batch_requeue_failed);
+-- no row when there is nothing to retry.
+SELECT * FROM datesync.batch_requeue_failed($1);
 
 -- name: batch_get
 -- One batch with live counts.
