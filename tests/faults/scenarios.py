@@ -772,12 +772,14 @@ async def takeover_latency(dsn: str, seed: int, scale: Scale) -> Figures:
             await insert_batch(conn, day(0), day(199))
             await asyncio.sleep(rng.uniform(0.8, 1.5))
             await fleet.sigkill(victim)
-            grace = 1.0 + 4.0  # the lease, and time to notice
+            # The lease, and time to notice: the survivor looks every second; a loaded CI machine gets slack,
+            # still far below the 30 s safety poll this scenario is about.
+            grace = 1.0 + 7.0
             await asyncio.sleep(grace)
             stale = await conn.fetchval("SELECT count(*) FROM datesync.task WHERE state = 'running' "
-                                        "AND lease_expires_at < now() - interval '3 seconds'")
+                                        "AND lease_expires_at < now() - interval '5 seconds'")
             if stale:
-                fig.problems.append(f"{stale} dates of the dead daemon still wait, leases expired over 3 s ago, "
+                fig.problems.append(f"{stale} dates of the dead daemon still wait, leases expired over 5 s ago, "
                                     "while the survivor works on other dates")
                 fleet.spawn()  # a new daemon rescans at start: let the scenario end
             await wait_all_final(dsn, 60)

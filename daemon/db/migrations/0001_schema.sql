@@ -585,8 +585,10 @@ BEGIN
         )
         SELECT array_agg(f) INTO changed FROM fin f;
         -- A cancelled run leaves its day as it found it (or absent, if it had never been synced).
-        PERFORM datesync.day_restore(array_agg(c.source), array_agg(c.day))
-        FROM unnest(changed) c WHERE c.state = 'cancelled';
+        IF EXISTS (SELECT 1 FROM unnest(changed) c WHERE c.state = 'cancelled') THEN
+            PERFORM datesync.day_restore(array_agg(c.source), array_agg(c.day))
+            FROM unnest(changed) c WHERE c.state = 'cancelled';
+        END IF;
     END IF;
     IF coalesce(cardinality(p_released), 0) > 0 THEN
         WITH rel AS (
