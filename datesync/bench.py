@@ -18,12 +18,12 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
 import psutil
 
+from daemon.db.dsn import with_database
 from daemon.db.queries import q
 from daemon.runtime import database, migrate_and_register
 from daemon.settings import Settings
@@ -74,10 +74,6 @@ async def stamp(day: datetime.date, ctx: SyncContext) -> int:
 
 # -- scratch database and subprocesses -----------------------------------------------------------------
 
-def _with_database(dsn: str, name: str) -> str:
-    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
-
-
 @contextlib.asynccontextmanager
 async def scratch_database(dsn: str) -> AsyncIterator[str]:
     """A new database on the same server, migrated, dropped afterwards."""
@@ -85,7 +81,7 @@ async def scratch_database(dsn: str) -> AsyncIterator[str]:
     admin = await asyncpg.connect(dsn)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
-        bench_dsn = _with_database(dsn, name)
+        bench_dsn = with_database(dsn, name)
         conn = await asyncpg.connect(bench_dsn)
         try:
             await migrate_and_register(conn, Settings(max_range_days=20_000), {"default": "noop"})
@@ -387,36 +383,30 @@ def _free_port() -> int:
 
 async def run(settings: Settings, sizes: Sizes, progress: Callable[[str], None]) -> dict[str, float]:
     """Every measurement, on a scratch database of DATABASE_URL's server (or a fresh embedded one)."""
-    async with database(settings, own_embedded=False) as db:
-        server_dsn = _with_database(db.dsn, "postgres") if db.embedded is None else db.embedded.dsn("postgres")
-        if settings.database_url:
-            server_dsn = settings.database_url
-        async with scratch_database(server_dsn) as dsn:
-            results: dict[str, float] = {}
-            progress("expand")
-            results.update(await measure_expand(dsn, sizes))
-            progress(f"claim ({sizes.claim_queue:,} queued)")
-            results.update(await measure_claim(dsn, sizes))
-            progress(f"drain ({sizes.drain_dates:,} dates, concurrency 10)")
-            drain = await measure_drain(dsn, sizes.drain_dates, 10, sizes.repeats)
-            results["drain_dates_per_s"] = drain["rate"]
-            results["connections"] = drain["connections"]
-            progress(f"drain ({sizes.drain_c1_dates:,} dates, concurrency 1)")
-            results["drain_c1_dates_per_s"] = (await measure_drain(dsn, sizes.drain_c1_dates, 1, sizes.repeats))["rate"]
-            progress(f"wake ({sizes.wake_samples} samples)")
-            results.update(await measure_wake(dsn, sizes))
-            progress(f"daemon memory ({sizes.rss_queue:,} queued)")
-            results.update(await measure_rss(dsn, sizes))
-            progress(f"POST ({sizes.post_clients} clients)")
-            results.update(await measure_post(dsn, sizes))
-            progress("SSE")
-            results.update(await measure_sse(dsn, sizes))
-            return {k: round(results[k], 3) for k in KEYS}
+    async with database(settings, own_embedded=False) as db, scratch_database(db.dsn) as dsn:
+        results: dict[str, float] = {}
+        progress("expand")
+        results.update(await measure_expand(dsn, sizes))
+        progress(f"claim ({sizes.claim_queue:,} queued)")
+        results.update(await measure_claim(dsn, sizes))
+        progress(f"drain ({sizes.drain_dates:,} dates, concurrency 10)")
+        drain = await measure_drain(dsn, sizes.drain_dates, 10, sizes.repeats)
+        results["drain_dates_per_s"] = drain["rate"]
+        results["connections"] = drain["connections"]
+        progress(f"drain ({sizes.drain_c1_dates:,} dates, concurrency 1)")
+        results["drain_c1_dates_per_s"] = (await measure_drain(dsn, sizes.drain_c1_dates, 1, sizes.repeats))["rate"]
+        progress(f"wake ({sizes.wake_samples} samples)")
+        results.update(await measure_wake(dsn, sizes))
+        progress(f"daemon memory ({sizes.rss_queue:,} queued)")
+        results.update(await measure_rss(dsn, sizes))
+        progress(f"POST ({sizes.post_clients} clients)")
+        results.update(await measure_post(dsn, sizes))
+        progress("SSE")
+        results.update(await measure_sse(dsn, sizes))
+        return {k: round(results[k], 3) for k in KEYS}
 
 
 async def drain_curve(settings: Settings, concurrencies: list[int], dates: int, repeats: int) -> dict[int, float]:
     """Throughput against concurrency, for bench/README.md's plot."""
-    async with database(settings, own_embedded=False) as db:
-        server_dsn = settings.database_url or (db.embedded.dsn("postgres") if db.embedded else db.dsn)
-        async with scratch_database(server_dsn) as dsn:
-            return {c: (await measure_drain(dsn, dates, c, repeats))["rate"] for c in concurrencies}
+    async with database(settings, own_embedded=False) as db, scratch_database(db.dsn) as dsn:
+        return {c: (await measure_drain(dsn, dates, c, repeats))["rate"] for c in concurrencies}

@@ -8,12 +8,12 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
 from daemon.db.connect import connect
+from daemon.db.dsn import with_database
 from daemon.embedded import EmbeddedPostgres
 from daemon.runtime import migrate_and_register
 from daemon.settings import Settings
@@ -21,10 +21,6 @@ from daemon.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def with_database(dsn: str, name: str) -> str:
-    """The same server, another database."""
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path=f"/{name}"))
 
 
 @pytest.fixture(scope="session")

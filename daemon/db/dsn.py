@@ -49,6 +49,11 @@ def direct_from(dsn: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def with_database(dsn: str, name: str) -> str:
+    """The same server and credentials, another database."""
+    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
+
+
 def redact(dsn: str) -> str:
     """The DSN with its password replaced, for logs and error messages."""
     parts = urlsplit(dsn)

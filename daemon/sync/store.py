@@ -34,15 +34,7 @@ def _claimed(r: asyncpg.Record) -> Claimed:
 async def _insert_task_events(conn: Conn, rows: Sequence[asyncpg.Record]) -> None:
     if not rows:
         return
-    await conn.execute(
-        q("event_insert_tasks"),
-        [r["batch_id"] for r in rows],
-        [r["id"] for r in rows],
-        [r["day"] for r in rows],
-        [r["state"] for r in rows],
-        [r["attempt"] for r in rows],
-        [r.get("error") for r in rows],
-    )
+    await conn.execute(q("event_insert_tasks"), [r["id"] for r in rows])
 
 
 class Store:

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from daemon.db.connect import connect
+from daemon.db.dsn import with_database
 from daemon.settings import Settings
-from tests.conftest import with_database
 from tests.support.server import Live, live_server
 from web.api.validation import MIN_DATE
 

@@ -10,11 +10,11 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from daemon.db.connect import connect
+from daemon.db.dsn import with_database
 from daemon.embedded import EmbeddedPostgres
 from daemon.runtime import migrate_and_register
 from daemon.settings import Settings
@@ -22,9 +22,6 @@ from daemon.settings import Settings
 SOURCES = {"default": "demo"}
 
 
-def with_database(dsn: str, name: str) -> str:
-    """The same server, another database."""
-    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
 
 
 async def migrate(dsn: str, sources: Mapping[str, str] = SOURCES) -> None:
