@@ -4,7 +4,6 @@ listeners with at most one tiny NOTIFY, whatever the number of rows or statement
 from __future__ import annotations
 
 import asyncio
-import datetime
 
 import asyncpg
 
@@ -29,8 +28,10 @@ async def test_one_empty_notify_per_transaction_never_one_per_row(dsn: str, db: 
             await db.execute("INSERT INTO datesync.batch (start_date, end_date) "
                              "SELECT d, d FROM generate_series('2024-01-01'::date, '2024-01-03', '1 day') d")
             ids = [r["id"] for r in await db.fetch("SELECT id FROM datesync.batch ORDER BY id")]
-            await db.execute(q("event_insert_tasks"), ids, [None] * 3, [datetime.date(2024, 1, 1)] * 3,
-                             ["running"] * 3, [1] * 3, [None] * 3)
+            tasks = [r["id"] for r in await db.fetch(
+                "INSERT INTO datesync.task (batch_id, source, day, max_attempts) "
+                "SELECT id, source, start_date, 3 FROM datesync.batch ORDER BY id RETURNING id")]
+            await db.execute(q("event_insert_tasks"), tasks)  # three events, one statement
             await db.execute(q("event_insert_batch"), ids[0], "running", {"days": 1})
         assert await db.fetchval("SELECT count(*) FROM datesync.event") == 7
         await wait_for(lambda: asyncio.sleep(0, result=bool(got)))
