@@ -396,6 +396,9 @@ BEGIN
     SELECT b.id, b.source, d::date, b.force, p_max_attempts
     FROM generate_series(b.start_date, b.end_date, interval '1 day') AS d;
     GET DIAGNOSTICS made = ROW_COUNT;
+    -- Wake the other daemons now that there are dates to share: the insert's NOTIFY may have reached them before
+    -- this expansion committed, when there was nothing to claim yet.
+    PERFORM pg_notify('datesync_batch', b.id::text);
     INSERT INTO datesync.event (batch_id, kind, state, data)
     VALUES (b.id, 'batch', 'running', jsonb_build_object('days', b.days));
     PERFORM datesync.engine_off();
