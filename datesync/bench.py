@@ -11,8 +11,11 @@ import contextlib
 import dataclasses
 import datetime
 import os
+import re
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,6 +28,7 @@ import psutil
 
 from daemon.db.dsn import with_database
 from daemon.db.queries import q
+from daemon.embedded import bin_dir
 from daemon.runtime import database, migrate_and_register
 from daemon.settings import Settings
 from daemon.sync.context import SyncContext
@@ -37,6 +41,9 @@ KEYS = (
     "sse_p50_ms", "sse_p99_ms", "expand_3660_ms", "claim_ms_at_0", "claim_ms_at_1m", "daemon_rss_mb",
     "connections",
 )
+# The same server's ceiling for the simplest queue (pgbench: one claim and one finish transaction per job), measured
+# in the same run, and the drain rate as a share of it: the machine-independent way to read the drain figure.
+REFERENCE_KEYS = ("ref_pgbench_jobs_per_s", "drain_vs_pgbench")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,11 +57,12 @@ class Sizes:
     post_clients: int = 50
     post_requests: int = 1_000
     sse_events: int = 500
+    reference_seconds: int = 10
 
     @classmethod
     def quick(cls) -> Sizes:
         return cls(drain_dates=2_000, drain_c1_dates=300, repeats=1, wake_samples=30, claim_queue=50_000,
-                   rss_queue=10_000, post_requests=200, sse_events=100)
+                   rss_queue=10_000, post_requests=200, sse_events=100, reference_seconds=2)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -243,6 +251,43 @@ async def measure_drain(dsn: str, dates: int, concurrency: int, repeats: int) ->
         await conn.close()
 
 
+# One job of the reference queue: claim the oldest queued row (SKIP LOCKED), then mark it done, each statement its
+# own transaction; the minimum any PostgreSQL job queue does per job.
+REFERENCE_SCRIPT = """\
+UPDATE datesync_bench.job SET state = 'running' WHERE id = (SELECT id FROM datesync_bench.job WHERE state = 'queued'
+  ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id AS job_id \\gset
+UPDATE datesync_bench.job SET state = 'done' WHERE id = :job_id;
+"""
+
+
+async def measure_reference(dsn: str, sizes: Sizes, clients: int = 10) -> dict[str, float]:
+    """pgbench's rate for REFERENCE_SCRIPT with `clients` clients against the same server (jobs per second)."""
+    pgbench = shutil.which("pgbench") or str(bin_dir() / "pgbench")
+    jobs = max(50_000, sizes.reference_seconds * 15_000)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("CREATE TABLE datesync_bench.job (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+                           "state text NOT NULL DEFAULT 'queued')")
+        await conn.execute("INSERT INTO datesync_bench.job (state) SELECT 'queued' FROM generate_series(1, $1)", jobs)
+        await conn.execute("CREATE INDEX ON datesync_bench.job (id) WHERE state = 'queued'")
+        await conn.execute("VACUUM ANALYZE datesync_bench.job")
+        with tempfile.TemporaryDirectory() as tmp:
+            script = Path(tmp) / "claim_finish.sql"
+            script.write_text(REFERENCE_SCRIPT)
+            os.chmod(tmp, 0o755)  # the embedded server may run as another user; pgbench only needs to read it
+            proc = await asyncio.create_subprocess_exec(
+                pgbench, "-n", "-c", str(clients), "-j", "2", "-T", str(sizes.reference_seconds), "-f", str(script),
+                dsn, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, errors = await proc.communicate()
+        match = re.search(r"tps = ([0-9.]+)", out.decode())
+        if proc.returncode != 0 or match is None:
+            raise RuntimeError(f"bench: pgbench failed: {errors.decode().strip()[-500:]}")
+        return {"ref_pgbench_jobs_per_s": float(match.group(1))}
+    finally:
+        await conn.execute("DROP TABLE IF EXISTS datesync_bench.job")
+        await conn.close()
+
+
 async def measure_wake(dsn: str, sizes: Sizes) -> dict[str, float]:
     """INSERT commit to handler start, with the daemon idle between samples."""
     conn = await asyncpg.connect(dsn)
@@ -403,7 +448,10 @@ async def run(settings: Settings, sizes: Sizes, progress: Callable[[str], None])
         results.update(await measure_post(dsn, sizes))
         progress("SSE")
         results.update(await measure_sse(dsn, sizes))
-        return {k: round(results[k], 3) for k in KEYS}
+        progress(f"reference: pgbench claim + finish, 10 clients, {sizes.reference_seconds} s")
+        results.update(await measure_reference(dsn, sizes))
+        results["drain_vs_pgbench"] = results["drain_dates_per_s"] / results["ref_pgbench_jobs_per_s"]
+        return {k: round(results[k], 3) for k in (*KEYS, *REFERENCE_KEYS)}
 
 
 async def drain_curve(settings: Settings, concurrencies: list[int], dates: int, repeats: int) -> dict[int, float]:
