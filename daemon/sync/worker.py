@@ -173,7 +173,7 @@ class Daemon:
                     self._full_scan = False
                     self._housekept_at = time.monotonic()
                     await self._expand()
-                    await self._claim()  # a new batch's first dates start before the slower housekeeping
+                    await self._claim()  # work that needs no expansion also starts before the housekeeping
                     await self._housekeep()
                 await self._claim()
                 if len(self.running) < self.settings.concurrency:
@@ -197,12 +197,14 @@ class Daemon:
                 self._full_scan = True  # the safety poll: a missed NOTIFY costs at most poll_interval
 
     async def _expand(self) -> None:
-        """Turn every queued batch into tasks."""
+        """Turn every queued batch into tasks. A new batch's first dates are claimed as soon as it is expanded,
+        before the look for another batch and the slower housekeeping: that is the wake-up latency."""
         while not self._stopping.is_set():
             expanded = await self.store.expand_next_batch(self.settings.max_attempts)
             if expanded is None:
                 break
             log.info("batch_expanded", batch_id=expanded["id"], days=expanded["days"], source=expanded["source"])
+            await self._claim()
 
     async def _housekeep(self) -> None:
         """The rest of the catch-up scan: cancels, expired leases, batches a crashed daemon left unfinished."""

@@ -327,6 +327,10 @@ const stream = new Stream(EVENTS_URL, {
       state.cards = data.cards;
       renderCards();
     }
+    // The first lists may have been read before this snapshot: a batch that ended in between has its final event
+    // at or below the snapshot's id, which the stream does not replay. Read them again, after it.
+    refreshBatches();
+    refreshHeat();
   },
   event: onEvent,
   state: onConnection,

@@ -189,3 +189,11 @@ $$;
 DROP FUNCTION datesync.task_log_and_settle(datesync.task[], datesync.task[]);
 DROP FUNCTION datesync.task_claim_rows(text, integer, float8, text[]);
 DROP FUNCTION datesync.task_finish_rows(text, bigint[], integer[], text[], text[], bigint[], float8[], bigint[]);
+
+-- PL/pgSQL plans a statement with parameters anew on every call for as long as its generic plan looks dearer
+-- than a custom one, which for these statements was always: planning cost more than running. Their plans do not
+-- depend on the values (every lookup is by key), so the generic plan is planned once per connection and kept.
+ALTER FUNCTION datesync.batch_expand(integer) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION datesync.batch_request(text, date, date, boolean, text, text)
+    SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION datesync.batch_end_settled(bigint[]) SET plan_cache_mode = force_generic_plan;
