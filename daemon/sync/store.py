@@ -85,6 +85,11 @@ class Store:
             )
         return [r for r in rows if r["kind"] == "finished"], [_claimed(r) for r in rows if r["kind"] == "claimed"]
 
+    async def analyze_tasks(self) -> None:
+        """Refresh the task table's statistics (and with them every connection's cached plans on it)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(q("task_analyze"))
+
     async def heartbeat(self, held: Sequence[Claimed]) -> dict[int, bool]:
         """Renew our leases on `held`; {task id: cancel requested} for each one we still hold."""
         async with self.pool.acquire() as conn:

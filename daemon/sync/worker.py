@@ -36,6 +36,10 @@ from daemon.sync.store import Claimed, Store
 log = structlog.get_logger("datesync.daemon")
 
 BATCH_CHANNEL = "datesync_batch"
+# A batch at least this long refreshes the task table's statistics once expanded: PostgreSQL keeps the hot path's
+# plans per connection, made from the statistics of their time, and a plan made while the queue was tiny walks whole
+# indexes once it is large. Autovacuum would catch up within a minute or so; this is at once.
+ANALYZE_AFTER_DAYS = 500
 # Errors that may mean the connection to our own database broke; ctx.db being closed confirms it.
 CONNECTION_LOST: tuple[type[BaseException], ...] = (
     asyncpg.ConnectionDoesNotExistError, asyncpg.AdminShutdownError, asyncpg.CannotConnectNowError,
@@ -93,6 +97,7 @@ class Daemon:
         self._full_scan = True
         self._stopping = asyncio.Event()
         self._seen_batches: set[int] = set()
+        self._analyzing: asyncio.Task[None] | None = None
         self._claim_lock = asyncio.Lock()
         self._work_waiting = False
         self._housekept_at = 0.0
@@ -149,9 +154,10 @@ class Daemon:
             await main
             await self._drain()
         finally:
-            for task in [main, *side]:
+            extra = [self._analyzing] if self._analyzing is not None else []
+            for task in [main, *side, *extra]:
                 task.cancel()
-            await asyncio.gather(main, *side, return_exceptions=True)
+            await asyncio.gather(main, *side, *extra, return_exceptions=True)
             for handler in self.handlers.values():
                 if handler.close is not None:
                     with contextlib.suppress(Exception):
@@ -209,6 +215,17 @@ class Daemon:
                 break
             log.info("batch_expanded", batch_id=expanded["id"], days=expanded["days"], source=expanded["source"])
             await self._claim()
+            if expanded["days"] >= ANALYZE_AFTER_DAYS and self._analyzing is None:
+                self._analyzing = asyncio.create_task(self._refresh_statistics(), name="analyze")
+
+    async def _refresh_statistics(self) -> None:
+        """ANALYZE the task table beside the loop (it blocks no reads or writes, but may wait on autovacuum)."""
+        try:
+            await self.store.analyze_tasks()
+        except DB_ERRORS as exc:
+            log.info("task_statistics_not_refreshed", error=error_text(exc))
+        finally:
+            self._analyzing = None
 
     async def _housekeep(self) -> None:
         """The rest of the catch-up scan: cancels, expired leases, batches a crashed daemon left unfinished."""

@@ -32,7 +32,10 @@ RETURNS TABLE (kind text, id bigint, batch_id bigint, source text, day date, sta
 LANGUAGE plpgsql
 -- Walk task_claimable in order and stop after the limit, and find outcomes by primary key: with statistics that
 -- lag behind a freshly expanded batch the planner picked a bitmap scan and sort of the whole queue (4.5 ms per
--- claim at 5,000 queued), or a bitmap scan of every running entry, dead ones included, for the outcomes.
+-- claim at 5,000 queued), or a bitmap scan of every running entry, dead ones included, for the outcomes. The plan
+-- is generic (planned once per connection, not per call, which cost more than running it), so the statements
+-- below are written to leave it no plan that reads more than the rows at hand; the generic plan guesses a
+-- thousand claimed rows where there are ten.
 SET enable_bitmapscan = off
 SET enable_seqscan = off
 SET plan_cache_mode = force_generic_plan
@@ -54,12 +57,14 @@ BEGIN
         LIMIT greatest(p_claim_limit, 0)
         FOR UPDATE SKIP LOCKED
     ), picked AS (
-        -- One date per (source, day); a date already synced (and not forced) is skipped, not run.
+        -- One date per (source, day); a date already synced (and not forced) is skipped, not run. The day is
+        -- probed per candidate (a join would be planned for the generic plan's guess of a thousand candidates:
+        -- a scan of every day).
         SELECT DISTINCT ON (c.source, c.day) c.id,
-               CASE WHEN d.status = 'success' AND NOT c.force THEN 'skipped'
-                    ELSE 'running' END::datesync.task_state AS new_state
+               CASE WHEN NOT c.force AND (SELECT d.status = 'success' FROM datesync.day d
+                                          WHERE d.source = c.source AND d.day = c.day)
+                    THEN 'skipped' ELSE 'running' END::datesync.task_state AS new_state
         FROM candidate c
-        LEFT JOIN datesync.day d ON d.source = c.source AND d.day = c.day
         ORDER BY c.source, c.day, c.id
     ), claim AS (
         UPDATE datesync.task t
@@ -72,7 +77,8 @@ BEGIN
             -- now()): the success it relies on can have committed in between. Its own clock keeps it after that.
             finished_at = CASE WHEN p.new_state = 'skipped' THEN clock_timestamp() END
         FROM picked p
-        WHERE t.id = p.id
+        -- The array gives the planner a primary-key probe per row, whatever it guesses the row count to be.
+        WHERE t.id = ANY(ARRAY(SELECT x.id FROM picked x)) AND t.id = p.id
         RETURNING t.*
     ), marked AS (
         INSERT INTO datesync.day AS d (source, day, status, batch_id, task_id, attempts, started_at)
@@ -96,7 +102,8 @@ BEGIN
             lease_expires_at = NULL
         FROM result r
         -- The attempt fences a stale run: its outcome never lands on a newer attempt of the same row.
-        WHERE t.id = r.id AND t.attempt = r.attempt AND t.state = 'running' AND t.lease_owner = p_worker
+        WHERE t.id = ANY(p_ids) AND t.id = r.id AND t.attempt = r.attempt AND t.state = 'running'
+          AND t.lease_owner = p_worker
         RETURNING t.*
     ), settled AS (
         UPDATE datesync.day d

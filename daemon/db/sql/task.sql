@@ -60,3 +60,9 @@ UPDATE datesync.day d
 SET status = 'failed', error = r.error, updated_at = now()
 FROM unnest($1::text[], $2::date[], $3::text[]) AS r(source, day, error)
 WHERE d.source = r.source AND d.day = r.day AND d.status = 'running';
+
+-- name: task_analyze
+-- Statistics for a queue that just grew by a long batch; run in a transaction. ANALYZE takes no lock that
+-- blocks the queue's reads or writes, but waits behind a running autovacuum of the table: not for long.
+SET LOCAL lock_timeout = '2s';
+ANALYZE datesync.task;
