@@ -503,7 +503,11 @@ async def run(settings: Settings, sizes: Sizes, progress: Callable[[str], None])
         return {k: round(results[k], 3) for k in (*KEYS, *REFERENCE_KEYS)}
 
 
-async def drain_curve(settings: Settings, concurrencies: list[int], dates: int, repeats: int) -> dict[int, float]:
-    """Throughput against concurrency, for bench/README.md's plot."""
+async def drain_curve(
+    settings: Settings, concurrencies: list[int], dates: int, repeats: int
+) -> tuple[dict[int, float], float]:
+    """Throughput against concurrency, for bench/README.md's plot, and the pgbench reference of the same run."""
     async with database(settings, own_embedded=False) as db, scratch_database(db.dsn) as dsn:
-        return {c: (await measure_drain(dsn, dates, c, repeats))["rate"] for c in concurrencies}
+        rates = {c: (await measure_drain(dsn, dates, c, repeats))["rate"] for c in concurrencies}
+        reference = await measure_reference(dsn, dataclasses.replace(Sizes(), repeats=repeats))
+        return rates, reference["ref_pgbench_jobs_per_s"]
