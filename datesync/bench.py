@@ -46,7 +46,7 @@ KEYS = (
 # transaction per job), measured in the same run, and the drain rate as a share of it (the machine-independent way
 # to read the drain figure); and the POST throughput, which with 50 clients in a closed loop sets the latency
 # (Little's law: p50 is about 50 / throughput).
-REFERENCE_KEYS = ("ref_pgbench_jobs_per_s", "drain_vs_pgbench", "post_requests_per_s")
+EXTRA_KEYS = ("ref_pgbench_jobs_per_s", "drain_vs_pgbench", "post_requests_per_s")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -500,7 +500,7 @@ async def run(settings: Settings, sizes: Sizes, progress: Callable[[str], None])
         progress(f"reference: pgbench claim + finish, 10 clients, {sizes.repeats} x {sizes.reference_seconds} s")
         results.update(await measure_reference(dsn, sizes))
         results["drain_vs_pgbench"] = results["drain_dates_per_s"] / results["ref_pgbench_jobs_per_s"]
-        return {k: round(results[k], 3) for k in (*KEYS, *REFERENCE_KEYS)}
+        return {k: round(results[k], 3) for k in (*KEYS, *EXTRA_KEYS)}
 
 
 async def drain_curve(
