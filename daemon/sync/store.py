@@ -45,11 +45,16 @@ class Store:
         self.worker = worker
         self.lease = lease
 
-    async def expand_next_batch(self, max_attempts: int) -> asyncpg.Record | None:
-        """Expand the oldest queued batch into tasks; None when there is none."""
+    async def expand_next_batch(
+        self, max_attempts: int, claim_limit: int, sources: Sequence[str]
+    ) -> tuple[asyncpg.Record | None, list[Claimed]]:
+        """Expand the oldest queued batch into tasks and claim up to `claim_limit` dates, in one transaction.
+        Returns the batch (id, source, days, tasks), None when none was queued, and the claimed dates."""
         async with self.pool.acquire() as conn:
-            row: asyncpg.Record | None = await conn.fetchrow(q("batch_expand_next"), max_attempts)
-            return row
+            rows = await conn.fetch(q("batch_expand_claim"), max_attempts, self.worker, claim_limit, self.lease,
+                                    list(sources))
+        expanded = next((r for r in rows if r["kind"] == "expanded"), None)
+        return expanded, [_claimed(r) for r in rows if r["kind"] == "claimed"]
 
     async def claim(self, limit: int, sources: Sequence[str]) -> list[Claimed]:
         """Lease up to `limit` runnable tasks (skipped ones are finished on the spot and returned too).

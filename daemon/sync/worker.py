@@ -207,14 +207,21 @@ class Daemon:
                 self._full_scan = True  # the safety poll: a missed NOTIFY costs at most poll_interval
 
     async def _expand(self) -> None:
-        """Turn every queued batch into tasks. A new batch's first dates are claimed as soon as it is expanded,
-        before the look for another batch and the slower housekeeping: that is the wake-up latency."""
+        """Turn every queued batch into tasks. A new batch's first dates are claimed in the transaction that
+        expands it, before the look for another batch and the slower housekeeping: that is the wake-up latency."""
         while not self._stopping.is_set():
-            expanded = await self.store.expand_next_batch(self.settings.max_attempts)
+            async with self._claim_lock:
+                sources, free = self._claimable_sources()
+                try:
+                    expanded, claimed = await self.store.expand_next_batch(self.settings.max_attempts, max(free, 0),
+                                                                           sources)
+                except asyncpg.UniqueViolationError:
+                    # Another daemon started one of the dates a moment ago: expand now; the next claim round runs.
+                    expanded, claimed = await self.store.expand_next_batch(self.settings.max_attempts, 0, sources)
+                self._take(claimed)
             if expanded is None:
                 break
             log.info("batch_expanded", batch_id=expanded["id"], days=expanded["days"], source=expanded["source"])
-            await self._claim()
             if expanded["days"] >= ANALYZE_AFTER_DAYS and self._analyzing is None:
                 self._analyzing = asyncio.create_task(self._refresh_statistics(), name="analyze")
 

@@ -166,6 +166,36 @@ async def test_a_ten_year_batch_expands_in_one_statement(db: asyncpg.Connection)
     assert tuple(days) == (D(2015, 1, 1), D(2025, 1, 7), 3660)
 
 
+async def test_expansion_claims_the_first_dates_in_its_own_transaction(db: asyncpg.Connection) -> None:
+    # The wake-up is one commit: the expansion claims. Its events still read in order: the batch's "queued",
+    # its "running", then its dates.
+    claim = "SELECT * FROM datesync.batch_expand_claim(3, 'w', $1, 60, '{default}')"
+    batch_id = await insert(db, "2025-05-01", "2025-05-04")
+    rows = await db.fetch(claim, 3)
+    expanded = [r for r in rows if r["kind"] == "expanded"]
+    assert [(r["id"], r["days"], r["tasks"]) for r in expanded] == [(batch_id, 4, 4)]
+    claimed = [r for r in rows if r["kind"] == "claimed"]
+    assert [(r["day"], r["state"], r["attempt"]) for r in claimed] == [
+        (D(2025, 5, d), "running", 1) for d in (1, 2, 3)]
+    events = await db.fetch("SELECT kind, state, day FROM datesync.event WHERE batch_id = $1 ORDER BY id", batch_id)
+    assert [(e["kind"], e["state"]) for e in events] == [("batch", "queued"), ("batch", "running")] + [
+        ("task", "running")] * 3
+    assert not await counts_mismatch(db)
+    # Every date already synced: the expansion skips them all and ends the batch, its final event last.
+    claimed += await db.fetch(q("task_claim"), "w", 10, 60.0, ["default"])
+    ids = [r["id"] for r in claimed]
+    await db.fetch(q("task_finish"), "w", ids, [1] * 4, ["succeeded"] * 4, [None] * 4, [0] * 4, [0.0] * 4, [], 0,
+                   60.0, ["default"])
+    again = await insert(db, "2025-05-01", "2025-05-03", force=False)
+    rows = await db.fetch(claim, 10)
+    assert {r["state"] for r in rows if r["kind"] == "claimed"} == {"skipped"}
+    assert {r["batch_state"] for r in rows if r["kind"] == "claimed"} == {"succeeded"}
+    events = await db.fetch("SELECT kind, state FROM datesync.event WHERE batch_id = $1 ORDER BY id", again)
+    assert [(e["kind"], e["state"]) for e in events] == [("batch", "queued"), ("batch", "running")] + [
+        ("task", "skipped")] * 3 + [("batch", "succeeded")]
+    assert await db.fetch(claim, 10) == []
+
+
 async def test_an_idle_daemon_with_a_long_poll_lets_the_database_sleep(db: asyncpg.Connection, dsn: str) -> None:
     # Neon drops every session when it suspends an idle compute. With a poll of 5 minutes or more, the daemon
     # must not reconnect at once (that would wake the compute again); it reconnects on its next wake-up.

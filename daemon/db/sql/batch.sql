@@ -11,6 +11,11 @@ RETURNING id, source, start_date, end_date, force, state, days, created_at;
 -- (datesync.batch_expand); no row when there is none.
 SELECT * FROM datesync.batch_expand($1);
 
+-- name: batch_expand_claim
+-- The same, and claim up to $3 dates of sources $5 for daemon $2 (lease $4 s) in the same transaction
+-- (datesync.batch_expand_claim): the claimed rows as task_finish returns them, then the 'expanded' row.
+SELECT * FROM datesync.batch_expand_claim($1, $2, $3, $4, $5::text[]);
+
 -- name: batch_cancel_requested
 -- Unfinished batches whose cancel was requested (from the API or psql).
 SELECT id, state FROM datesync.batch
