@@ -45,8 +45,10 @@ KEYS = (
 # Beyond the issue's list: the same server's rate for the simplest queue (pgbench: one claim and one finish
 # transaction per job), measured in the same run, and the drain rate as a share of it (the machine-independent way
 # to read the drain figure); and the POST throughput, which with 50 clients in a closed loop sets the latency
-# (Little's law: p50 is about 50 / throughput).
-EXTRA_KEYS = ("ref_pgbench_jobs_per_s", "drain_vs_pgbench", "post_requests_per_s")
+# (Little's law: p50 is about 50 / throughput); and the database's own latency for what a POST commits, with as
+# many clients (pgbench calling datesync.batch_request): the floor under the POST figures.
+EXTRA_KEYS = ("ref_pgbench_jobs_per_s", "drain_vs_pgbench", "post_requests_per_s", "ref_post_db_per_s",
+              "ref_post_db_p50_ms", "ref_post_db_p99_ms")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,9 +269,34 @@ UPDATE datesync_bench.job SET state = 'done' WHERE id = :job_id;
 """
 
 
+async def _pgbench(
+    dsn: str, clients: int, seconds: int, script: str, *, latencies: bool = False
+) -> tuple[float, list[float]]:
+    """Run `script` under pgbench with `clients` clients for `seconds`: its transactions per second and, if asked
+    (a log line per transaction costs pgbench a little), each transaction's latency in ms."""
+    pgbench = shutil.which("pgbench") or str(bin_dir() / "pgbench")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "script.sql"
+        path.write_text(script)
+        proc = await asyncio.create_subprocess_exec(
+            pgbench, "-n", "-c", str(clients), "-j", "2", "-T", str(seconds), "-f", str(path),
+            *(["-l", f"--log-prefix={tmp}/log"] if latencies else []), dsn,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, errors = await proc.communicate()
+        match = re.search(r"tps = ([0-9.]+)", out.decode())
+        if proc.returncode != 0 or match is None:
+            raise RuntimeError(f"bench: pgbench failed: {errors.decode().strip()[-500:]}")
+        logged = _logged_latencies(Path(tmp))
+    return float(match.group(1)), logged
+
+
+def _logged_latencies(folder: Path) -> list[float]:
+    """pgbench's per-transaction logs (client, transaction number, latency in microseconds, ...) in ms."""
+    return [int(line.split()[2]) / 1000 for log in folder.glob("log*") for line in log.open()]
+
+
 async def measure_reference(dsn: str, sizes: Sizes, clients: int = 10) -> dict[str, float]:
     """pgbench's rate for REFERENCE_SCRIPT with `clients` clients against the same server (jobs per second)."""
-    pgbench = shutil.which("pgbench") or str(bin_dir() / "pgbench")
     jobs = max(50_000, sizes.repeats * sizes.reference_seconds * 15_000)
     conn = await asyncpg.connect(dsn)
     try:
@@ -278,22 +305,35 @@ async def measure_reference(dsn: str, sizes: Sizes, clients: int = 10) -> dict[s
         await conn.execute("INSERT INTO datesync_bench.job (state) SELECT 'queued' FROM generate_series(1, $1)", jobs)
         await conn.execute("CREATE INDEX ON datesync_bench.job (id) WHERE state = 'queued'")
         await conn.execute("VACUUM ANALYZE datesync_bench.job")
-        rates = []
-        with tempfile.TemporaryDirectory() as tmp:
-            script = Path(tmp) / "claim_finish.sql"
-            script.write_text(REFERENCE_SCRIPT)
-            for _ in range(sizes.repeats):
-                proc = await asyncio.create_subprocess_exec(
-                    pgbench, "-n", "-c", str(clients), "-j", "2", "-T", str(sizes.reference_seconds),
-                    "-f", str(script), dsn, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-                out, errors = await proc.communicate()
-                match = re.search(r"tps = ([0-9.]+)", out.decode())
-                if proc.returncode != 0 or match is None:
-                    raise RuntimeError(f"bench: pgbench failed: {errors.decode().strip()[-500:]}")
-                rates.append(float(match.group(1)))
+        rates = [(await _pgbench(dsn, clients, sizes.reference_seconds, REFERENCE_SCRIPT))[0]
+                 for _ in range(sizes.repeats)]
         return {"ref_pgbench_jobs_per_s": statistics.median(rates)}
     finally:
         await conn.execute("DROP TABLE IF EXISTS datesync_bench.job")
+        await conn.close()
+
+
+# What a POST asks of the database, with nothing in front: the API's one statement for a new one-day batch.
+POST_REFERENCE_SCRIPT = """\
+\\set d random(2, 340000)
+SELECT * FROM datesync.batch_request('default', current_date - :d, current_date - :d, true, NULL, 'bench');
+"""
+
+
+async def measure_post_reference(dsn: str, sizes: Sizes) -> dict[str, float]:
+    """pgbench calling datesync.batch_request with as many clients as the POST probe: how many of what each POST
+    commits the database takes per second, and its latency with nothing in front. Every such commit notifies
+    (and writes an event), and PostgreSQL commits notifying transactions one at a time, flush included: this rate
+    is the ceiling of the POST throughput, so with 50 clients in a closed loop it sets the floor of the latency."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await _reset(conn)
+        rate, latencies = await _pgbench(dsn, sizes.post_clients, sizes.reference_seconds, POST_REFERENCE_SCRIPT,
+                                          latencies=True)
+        return {"ref_post_db_per_s": rate, "ref_post_db_p50_ms": percentile(latencies, 50),
+                "ref_post_db_p99_ms": percentile(latencies, 99)}
+    finally:
+        await _reset(conn)
         await conn.close()
 
 
@@ -495,6 +535,8 @@ async def run(settings: Settings, sizes: Sizes, progress: Callable[[str], None])
         results.update(await measure_rss(dsn, sizes))
         progress(f"POST ({sizes.post_clients} clients)")
         results.update(await measure_post(dsn, sizes))
+        progress(f"reference: pgbench datesync.batch_request, {sizes.post_clients} clients")
+        results.update(await measure_post_reference(dsn, sizes))
         progress("SSE")
         results.update(await measure_sse(dsn, sizes))
         progress(f"reference: pgbench claim + finish, 10 clients, {sizes.repeats} x {sizes.reference_seconds} s")
