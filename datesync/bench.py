@@ -45,10 +45,8 @@ KEYS = (
 # Beyond the issue's list: the same server's rate for the simplest queue (pgbench: one claim and one finish
 # transaction per job), measured in the same run, and the drain rate as a share of it (the machine-independent way
 # to read the drain figure); and the POST throughput, which with 50 clients in a closed loop sets the latency
-# (Little's law: p50 is about 50 / throughput); and how many of what a POST commits the database itself takes per
-# second (pgbench calling datesync.batch_request), with the p50 that rate allows 50 clients in a closed loop.
-EXTRA_KEYS = ("ref_pgbench_jobs_per_s", "drain_vs_pgbench", "post_requests_per_s", "ref_post_db_per_s",
-              "post_p50_floor_ms")
+# (Little's law: p50 is about 50 / throughput).
+EXTRA_KEYS = ("ref_pgbench_jobs_per_s", "drain_vs_pgbench", "post_requests_per_s")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,28 +300,6 @@ async def measure_reference(dsn: str, sizes: Sizes, clients: int = 10) -> dict[s
         await conn.close()
 
 
-# What a POST asks of the database, with nothing in front: the API's one statement for a new one-day batch.
-POST_REFERENCE_SCRIPT = """\
-\\set d random(2, 340000)
-SELECT * FROM datesync.batch_request('default', current_date - :d, current_date - :d, true, NULL, 'bench');
-"""
-
-
-async def measure_post_reference(dsn: str, sizes: Sizes) -> dict[str, float]:
-    """pgbench calling datesync.batch_request on as many connections as the web process has: how many of what each
-    POST commits the database takes per second with nothing in front. Every such commit notifies (and writes an
-    event), and PostgreSQL commits notifying transactions one at a time, flush included, so this is the ceiling of
-    the POST throughput; with the probe's clients in a closed loop it sets the floor of the median latency."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        await _reset(conn)
-        rate = await _pgbench(dsn, Settings().pool_size, sizes.reference_seconds, POST_REFERENCE_SCRIPT)
-        return {"ref_post_db_per_s": rate, "post_p50_floor_ms": 1000 * sizes.post_clients / rate}
-    finally:
-        await _reset(conn)
-        await conn.close()
-
-
 async def measure_wake(dsn: str, sizes: Sizes) -> dict[str, float]:
     """INSERT commit to handler start, with the daemon idle between samples."""
     conn = await asyncpg.connect(dsn)
@@ -522,8 +498,6 @@ async def run(settings: Settings, sizes: Sizes, progress: Callable[[str], None])
         results.update(await measure_rss(dsn, sizes))
         progress(f"POST ({sizes.post_clients} clients)")
         results.update(await measure_post(dsn, sizes))
-        progress(f"reference: pgbench datesync.batch_request, {Settings().pool_size} clients")
-        results.update(await measure_post_reference(dsn, sizes))
         progress("SSE")
         results.update(await measure_sse(dsn, sizes))
         progress(f"reference: pgbench claim + finish, 10 clients, {sizes.repeats} x {sizes.reference_seconds} s")
