@@ -31,14 +31,12 @@ import argparse
 import asyncio
 import json
 import logging
-import statistics
 import sys
 import time
-import uuid
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pgqueuer
+from common import db_counters, per_job, run, scratch_database, summarize
 from pgqueuer import QueueManager
 from pgqueuer.db import AsyncpgDriver
 from pgqueuer.models import Job
@@ -46,28 +44,6 @@ from pgqueuer.queries import Queries
 from pgqueuer.types import QueueExecutionMode
 
 PGQ_DEFAULT_BATCH = 10  # default of QueueManager.run(batch_size=...)
-
-
-def dsn_for_db(dsn: str, dbname: str) -> str:
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path="/" + dbname))
-
-
-async def db_counters(admin_dsn: str, dbname: str) -> dict:
-    """pg_stat_database counters for the scratch DB (read via the admin DSN)."""
-    await asyncio.sleep(0.6)  # let exited backends flush their stats
-    c = await asyncpg.connect(admin_dsn)
-    try:
-        row = await c.fetchrow(
-            "SELECT xact_commit, tup_inserted, tup_updated, tup_deleted "
-            "FROM pg_stat_database WHERE datname = $1", dbname)
-    finally:
-        await c.close()
-    return dict(row)
-
-
-def per_job(before: dict, after: dict, n: int) -> dict:
-    return {f"{k}_per_job": round((after[k] - before[k]) / n, 2) for k in before}
 
 
 async def one_repeat(args, admin_dsn: str, dbname: str, db_dsn: str, batch_size: int) -> dict:
@@ -142,13 +118,8 @@ async def one_repeat(args, admin_dsn: str, dbname: str, db_dsn: str, batch_size:
 
 async def main_async(args) -> int:
     batch_size = 1 if args.single else PGQ_DEFAULT_BATCH
-    dbname = f"{args.db_prefix}_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(args.dsn)
-    await admin.execute(f'CREATE DATABASE "{dbname}"')
-    await admin.close()
-    db_dsn = dsn_for_db(args.dsn, dbname)
     results = []
-    try:
+    async with scratch_database(args.dsn, args.db_prefix) as (dbname, db_dsn):
         c = await asyncpg.connect(db_dsn)
         try:
             await Queries(AsyncpgDriver(c)).install()  # PgQueuer's installer API
@@ -159,29 +130,9 @@ async def main_async(args) -> int:
             r["repeat"] = i + 1
             print(json.dumps(r), flush=True)
             results.append(r)
-    finally:
-        admin = await asyncpg.connect(args.dsn)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-        await admin.close()
-    rates = [r["jobs_per_s"] for r in results]
-    summary = {
-        "summary": True,
-        "queue": "pgqueuer",
-        "version": pgqueuer.__version__,
-        "asyncpg": asyncpg.__version__,
-        "loop": args.loop,
-        "mode": "single" if args.single else "batch",
-        "batch_size": batch_size,
-        "workers": args.workers,
-        "concurrency": args.concurrency,
-        "jobs": args.jobs,
-        "repeats": args.repeats,
-        "jobs_per_s": rates,
-        "median_jobs_per_s": round(statistics.median(rates), 1),
-        "all_ok": all(r["ok"] for r in results),
-    }
-    print(json.dumps(summary), flush=True)
-    return 0 if summary["all_ok"] else 1
+    return summarize(results, queue="pgqueuer", version=pgqueuer.__version__, asyncpg=asyncpg.__version__,
+                     loop=args.loop, mode="single" if args.single else "batch", batch_size=batch_size,
+                     workers=args.workers, concurrency=args.concurrency, jobs=args.jobs)
 
 
 def main() -> int:
@@ -204,11 +155,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("pgqueuer").setLevel(logging.WARNING)
 
-    if args.loop == "uvloop":
-        import uvloop
-
-        return uvloop.run(main_async(args))
-    return asyncio.run(main_async(args))
+    return run(main_async(args), args.loop)
 
 
 if __name__ == "__main__":

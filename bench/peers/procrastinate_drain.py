@@ -32,23 +32,15 @@ Prints one JSON line per repeat and a final JSON summary with the median.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
-import statistics
 import sys
 import time
-import uuid
 from importlib.metadata import version as pkg_version
-from urllib.parse import urlsplit, urlunsplit
 
 import procrastinate
 import psycopg
-
-
-def dsn_for_db(dsn: str, dbname: str) -> str:
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path="/" + dbname))
+from common import db_counters, per_job, run, scratch_database, summarize
 
 
 def make_app(db_dsn: str, pool_size: int | None) -> tuple[procrastinate.App, dict]:
@@ -66,21 +58,6 @@ def make_app(db_dsn: str, pool_size: int | None) -> tuple[procrastinate.App, dic
         counter["last"] = time.perf_counter()
 
     return app, counter
-
-
-async def db_counters(admin_dsn: str, dbname: str) -> dict:
-    """pg_stat_database counters for the scratch DB (read via the admin DSN)."""
-    await asyncio.sleep(0.6)  # let exited backends flush their stats
-    async with await psycopg.AsyncConnection.connect(admin_dsn, autocommit=True) as c:
-        cur = await c.execute(
-            "SELECT xact_commit, tup_inserted, tup_updated, tup_deleted "
-            "FROM pg_stat_database WHERE datname = %s", (dbname,))
-        row = await cur.fetchone()
-    return dict(zip(("xact_commit", "tup_inserted", "tup_updated", "tup_deleted"), row, strict=True))
-
-
-def per_job(before: dict, after: dict, n: int) -> dict:
-    return {f"{k}_per_job": round((after[k] - before[k]) / n, 2) for k in before}
 
 
 async def one_repeat(args, admin_dsn: str, dbname: str, db_dsn: str) -> dict:
@@ -133,12 +110,8 @@ async def one_repeat(args, admin_dsn: str, dbname: str, db_dsn: str) -> dict:
 
 
 async def main_async(args) -> int:
-    dbname = f"{args.db_prefix}_{uuid.uuid4().hex[:8]}"
-    async with await psycopg.AsyncConnection.connect(args.dsn, autocommit=True) as a:
-        await a.execute(f'CREATE DATABASE "{dbname}"')
-    db_dsn = dsn_for_db(args.dsn, dbname)
     results = []
-    try:
+    async with scratch_database(args.dsn, args.db_prefix) as (dbname, db_dsn):
         app, _ = make_app(db_dsn, None)
         async with app.open_async():
             await app.schema_manager.apply_schema_async()  # documented schema API
@@ -147,30 +120,10 @@ async def main_async(args) -> int:
             r["repeat"] = i + 1
             print(json.dumps(r), flush=True)
             results.append(r)
-    finally:
-        async with await psycopg.AsyncConnection.connect(
-            args.dsn, autocommit=True
-        ) as a:
-            await a.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-    rates = [r["jobs_per_s"] for r in results]
-    summary = {
-        "summary": True,
-        "queue": "procrastinate",
-        "version": pkg_version("procrastinate"),
-        "psycopg": psycopg.__version__,
-        "psycopg_pool": pkg_version("psycopg-pool"),
-        "loop": args.loop,
-        "mode": "single",
-        "concurrency": args.concurrency,
-        "pool_size": args.pool_size or "default(4)",
-        "jobs": args.jobs,
-        "repeats": args.repeats,
-        "jobs_per_s": rates,
-        "median_jobs_per_s": round(statistics.median(rates), 1),
-        "all_ok": all(r["ok"] for r in results),
-    }
-    print(json.dumps(summary), flush=True)
-    return 0 if summary["all_ok"] else 1
+    return summarize(results, queue="procrastinate", version=pkg_version("procrastinate"),
+                     psycopg=psycopg.__version__, psycopg_pool=pkg_version("psycopg-pool"), loop=args.loop,
+                     mode="single", concurrency=args.concurrency, pool_size=args.pool_size or "default(4)",
+                     jobs=args.jobs)
 
 
 def main() -> int:
@@ -193,11 +146,7 @@ def main() -> int:
     # named explicitly, so it does not apply)
     logging.getLogger("procrastinate.blueprints").setLevel(logging.ERROR)
 
-    if args.loop == "uvloop":
-        import uvloop
-
-        return uvloop.run(main_async(args))
-    return asyncio.run(main_async(args))
+    return run(main_async(args), args.loop)
 
 
 if __name__ == "__main__":
