@@ -179,7 +179,8 @@ END $$;
 -- new one's first in line) for p_worker, in one transaction. Returns the claimed rows as task_finish does, then
 -- one row of kind 'expanded' with the batch's days and tasks made; nothing when no batch is queued. The lock
 -- order is the usual one but for the new batch's row, locked first: no other transaction can reach that row
--- through a task (its tasks are not visible before this commits), so holding it while claiming waits on no one.
+-- through a task (its tasks are not visible before this commits), so holding it while the claim waits (on
+-- another daemon's claim of the same date) closes no cycle.
 CREATE FUNCTION datesync.batch_expand_claim(p_max_attempts integer, p_worker text, p_claim_limit integer,
                                             p_lease float8, p_sources text[])
 RETURNS TABLE (kind text, id bigint, batch_id bigint, source text, day date, state text, attempt integer,
