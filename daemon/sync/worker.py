@@ -221,6 +221,8 @@ class Daemon:
                 self._take(claimed)
             if expanded is None:
                 break
+            if claimed:
+                await asyncio.sleep(0)  # let the dates just claimed start before the look for another batch
             log.info("batch_expanded", batch_id=expanded["id"], days=expanded["days"], source=expanded["source"])
             if expanded["days"] >= ANALYZE_AFTER_DAYS and self._analyzing is None:
                 self._analyzing = asyncio.create_task(self._refresh_statistics(), name="analyze")
