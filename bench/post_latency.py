@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -116,28 +117,37 @@ class Ranges:
 
 
 async def one_run(base: str, clients: int, requests: int, salt: int) -> dict[str, float]:
+    from datesync.bench import KeepAliveClient
+
+    url = urlsplit(base)
+    if url.scheme != "http" or url.hostname is None:
+        raise SystemExit("--url: a plain http:// address")
+    path = url.path.rstrip("/") + "/api/v1/sync-status/sync/batch"
     ranges = Ranges(salt)
     latencies: list[float] = []
     statuses: dict[int, int] = {}
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base + "/api/v1/sync-status", limits=limits, timeout=60) as http:
-        for _ in range(50):  # warm up connections and the server's statement cache
-            await http.post("/sync/batch", json=ranges.take())
+    pool = [KeepAliveClient(url.port or 80, url.hostname) for _ in range(clients)]
+    try:
+        for http in pool:  # warm up the connections and the server's statement cache
+            await http.post(path, ranges.take())
         remaining = requests
 
-        async def client() -> None:
+        async def client(http: KeepAliveClient) -> None:
             nonlocal remaining
             while remaining > 0:
                 remaining -= 1
                 body = ranges.take()
                 began = time.perf_counter()
-                answer = await http.post("/sync/batch", json=body)
+                status = await http.post(path, body)
                 latencies.append(time.perf_counter() - began)
-                statuses[answer.status_code] = statuses.get(answer.status_code, 0) + 1
+                statuses[status] = statuses.get(status, 0) + 1
 
         began = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(clients)))
+        await asyncio.gather(*(client(http) for http in pool))
         elapsed = time.perf_counter() - began
+    finally:
+        for http in pool:
+            http.close()
     if set(statuses) != {202}:
         raise SystemExit(f"unexpected answers: {statuses}")
     cuts = statistics.quantiles(latencies, n=100, method="inclusive")

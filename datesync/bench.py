@@ -353,20 +353,21 @@ async def measure_rss(dsn: str, sizes: Sizes) -> dict[str, float]:
         await conn.close()
 
 
-class _KeepAliveClient:
-    """One keep-alive HTTP/1.1 connection for the POST probe. httpx spends more CPU per request than the server it
-    would measure, and both share the machine's two cores: its cost showed up as server latency."""
+class KeepAliveClient:
+    """One keep-alive HTTP/1.1 connection for the POST probes (plain HTTP). httpx spends more CPU per request than
+    the server it would measure, and both share the machine's two cores: its cost showed up as server latency."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.port = port
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
     async def post(self, path: str, payload: dict[str, Any]) -> int:
         if self.writer is None or self.reader is None:
-            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         body = json.dumps(payload).encode()
-        self.writer.write(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nContent-Type: application/json\r\n"
+        self.writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
                           f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         status = int((await self.reader.readline()).split()[1])
         headers = {}
@@ -393,7 +394,7 @@ async def measure_post(dsn: str, sizes: Sizes) -> dict[str, float]:
     path = "/api/v1/sync-status/sync/batch"
     latencies: list[float] = []
     conn = await asyncpg.connect(dsn)
-    clients = [_KeepAliveClient(port) for _ in range(sizes.post_clients)]
+    clients = [KeepAliveClient(port) for _ in range(sizes.post_clients)]
     try:
         await _reset(conn)
         web = subprocess_cli("web", dsn, {"PORT": str(port)})
@@ -401,7 +402,7 @@ async def measure_post(dsn: str, sizes: Sizes) -> dict[str, float]:
             await _wait(lambda: _healthy(probe, f"http://127.0.0.1:{port}/healthz"), 30, "the web server")
             counter = iter(range(sizes.post_requests))
 
-            async def worker(client: _KeepAliveClient) -> None:
+            async def worker(client: KeepAliveClient) -> None:
                 for i in counter:
                     day = (YESTERDAY - datetime.timedelta(days=i % 3000)).isoformat()
                     body = {"start_date": day, "end_date": day, "force": i >= 3000}
