@@ -27,11 +27,20 @@ from datesync.follow import UrlOption, follow_batch
 
 T = TypeVar("T")
 
+EXIT_CODES = (
+    "Exit codes: 0 done; 1 the followed batch ended failed or cancelled (batch --follow, watch); 2 bad input or an "
+    "error, with a message saying which."
+)
+
 app = typer.Typer(
     help="Keep PostgreSQL in step with a daily data source, and backfill any date range durably.",
+    epilog=EXIT_CODES,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: Rich markup would eat "[env: PORT, default 8000]" as a style tag, and its panels label every
+    # flag <bool>.
+    rich_markup_mode=None,
 )
 out = Console()
 err = Console(stderr=True)
@@ -149,11 +158,12 @@ async def _with_conn(settings: Settings, fn: Callable[[asyncpg.Connection], Awai
 
 @app.command()
 def batch(
-    start: Annotated[str, typer.Argument(help="First date, YYYY-MM-DD.")],
-    end: Annotated[str, typer.Argument(help="Last date, YYYY-MM-DD (inclusive).")],
+    start: Annotated[str, typer.Argument(metavar="START", help="First date, YYYY-MM-DD.")],
+    end: Annotated[str, typer.Argument(metavar="END", help="Last date, YYYY-MM-DD (inclusive).")],
     force: Annotated[bool, typer.Option("--force", help="Re-sync dates already synced.")] = False,
     source: Annotated[str, typer.Option(help="Source to sync.")] = "default",
-    follow: Annotated[bool, typer.Option("--follow", help="Show live progress until the batch ends.")] = False,
+    follow: Annotated[bool, typer.Option("--follow", help="Show live progress until the batch ends; exit 0 only if "
+                                                          "it succeeded (1 if it failed or was cancelled).")] = False,
     url: UrlOption = None,
 ) -> None:
     """Request a backfill of START..END; prints the batch id."""
@@ -175,8 +185,10 @@ def batch(
 
 
 @app.command()
-def watch(batch_id: Annotated[int, typer.Argument(help="Batch to follow.")], url: UrlOption = None) -> None:
-    """Follow a batch's progress live until it ends, then list its failed dates; exit 0 only if none failed."""
+def watch(batch_id: Annotated[int, typer.Argument(metavar="BATCH_ID", help="Batch to follow.")],
+          url: UrlOption = None) -> None:
+    """Follow a batch's progress live until it ends, then list its failed dates. Exit 0 only if the batch
+    succeeded; 1 if it failed or was cancelled."""
     settings = _settings_or_exit()
     raise typer.Exit(_run(lambda: follow_batch(settings, batch_id, url, progress_console=err, out=out)))
 
@@ -261,8 +273,9 @@ def gaps(
 
 
 @app.command()
-def retry(batch_id: Annotated[int, typer.Argument(help="Batch whose failed dates to requeue.")]) -> None:
-    """Requeue a finished batch's failed dates."""
+def retry(batch_id: Annotated[int, typer.Argument(metavar="BATCH_ID",
+                                                 help="Batch whose failed and cancelled dates to requeue.")]) -> None:
+    """Requeue a finished batch's failed dates, and its cancelled ones if it was cancelled; the batch runs again."""
     settings = _settings_or_exit()
 
     async def go(conn: asyncpg.Connection) -> int:
@@ -279,7 +292,7 @@ def retry(batch_id: Annotated[int, typer.Argument(help="Batch whose failed dates
 
 
 @app.command()
-def cancel(batch_id: Annotated[int, typer.Argument(help="Batch to cancel.")]) -> None:
+def cancel(batch_id: Annotated[int, typer.Argument(metavar="BATCH_ID", help="Batch to cancel.")]) -> None:
     """Cancel a batch: queued dates are dropped, running ones are interrupted."""
     settings = _settings_or_exit()
 
@@ -324,20 +337,21 @@ def bench(
     out.print(table)
 
 
-@app.command()
-def psql() -> None:
-    """Open psql on datesync's database (the embedded one's own psql when no DATABASE_URL is set)."""
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def psql(ctx: typer.Context) -> None:
+    """Open psql on datesync's database (the embedded one's own psql when no DATABASE_URL is set). Further
+    arguments go to psql as they are: `datesync psql -c 'select 1'`."""
     settings = _settings_or_exit()
     from daemon.embedded import EmbeddedPostgres, bin_dir
 
     if settings.database_url:
-        os.execvp("psql", ["psql", settings.database_url])
+        os.execvp("psql", ["psql", settings.database_url, *ctx.args])
     server = EmbeddedPostgres(settings.data_dir)
     if server.running_pid() is None:
         err.print(f"the embedded database in {Path(settings.data_dir)} is not running; start `datesync run`")
         raise typer.Exit(2)
     executable = str(bin_dir() / "psql")
-    os.execv(executable, [executable, server.dsn()])
+    os.execv(executable, [executable, server.dsn(), *ctx.args])
 
 
 def main() -> None:

@@ -1,9 +1,11 @@
 """`datesync batch --follow` and `datesync watch`: follow one batch to its end with a live progress bar.
 
-The events come from the web server's stream (`--url`, DATESYNC_URL) when it answers, and otherwise straight from
-the database's event log (LISTEN datesync_event, then `id > last`): a laptop with only DATABASE_URL can follow a
-batch, and so can one that reaches only the web server. Both give the same event JSON, and both resume from the
-last id seen, so a dropped connection (or a switch from one to the other) loses and repeats nothing.
+The events come from the database the CLI wrote to: its event log, read with LISTEN datesync_event and then
+`id > last`. A web server's stream is used only when one is named (`--url`, DATESYNC_URL) and it has proved that it
+serves that same database: the batch its stream shows was created at the same microsecond, for the same source and
+range, as the batch in our database. A server is never assumed from a default port, where another installation may
+answer with its own batch of the same id. Both sources give the same event JSON and both resume from
+the last id seen, so a dropped connection (or a switch from one to the other) loses and repeats nothing.
 
 The first connection asks for the batch's events from its very first one (Last-Event-ID 0): the failures summary
 and the rate need the whole history, not only what happens from now on.
@@ -37,22 +39,24 @@ from daemon.settings import Settings
 API_PREFIX = "/api/v1/sync-status"
 EVENT_CHANNEL = "datesync_event"
 FINISHED = ("succeeded", "failed", "skipped", "cancelled")
+UNREADABLE: tuple[type[BaseException], ...] = (DatesyncError, *DB_ERRORS)  # our database cannot be read
 RESUMABLE: tuple[type[BaseException], ...] = (httpx.TransportError, *DB_ERRORS)  # a lost connection: resume
 PAGE = 500
 DB_POLL = 5.0  # seconds between reads of the log when no NOTIFY came
 
 UrlOption = Annotated[
     str | None,
-    typer.Option("--url", help="Web server whose event stream to follow [env: DATESYNC_URL, default "
-                               "http://127.0.0.1:$PORT]; when it does not answer, the database's event log is read.",
+    typer.Option("--url", help="Web server whose event stream to follow (env: DATESYNC_URL; default: none, the "
+                               "database's event log is read). It is used only once it proves it serves the same "
+                               "database.",
                  show_default=False),
 ]
 
 
-def web_url(settings: Settings, given: str | None) -> str:
-    """The web server to ask: --url, else DATESYNC_URL, else this machine on PORT."""
-    url = given or os.environ.get("DATESYNC_URL", "").strip() or f"http://127.0.0.1:{settings.port}"
-    return url.rstrip("/").removesuffix(API_PREFIX)
+def web_url(given: str | None) -> str | None:
+    """The web server named by --url, else DATESYNC_URL; None when neither is set (follow the database)."""
+    url = given or os.environ.get("DATESYNC_URL", "").strip()
+    return url.rstrip("/").removesuffix(API_PREFIX) if url else None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -129,6 +133,10 @@ class UnknownBatch(DatesyncError):
     """No such batch."""
 
 
+class WrongServer(Exception):
+    """The named web server serves another database than the one the CLI reads."""
+
+
 class StreamUnavailable(Exception):
     """The web server answered, but not with the stream (503 while full or starting, or not datesync)."""
 
@@ -156,17 +164,21 @@ async def sse_messages(lines: AsyncIterator[str]) -> AsyncIterator[Message]:
 class Follower:
     """Follows one batch from the web stream or the database until its final event."""
 
-    def __init__(self, settings: Settings, batch_id: int, url: str, bar: Progress, task: TaskID) -> None:
+    def __init__(self, settings: Settings, batch_id: int, url: str | None, bar: Progress, task: TaskID) -> None:
         self.settings = settings
         self.tracker = Tracker(batch_id)
+        self.server = url
         self.url = f"{url}{API_PREFIX}/batches/{batch_id}/events"
         self.bar = bar
         self.task = task
         self.ended = False
-        self.use_db = False
+        self.use_db = url is None
+        self.expected: asyncpg.Record | None = None
 
     async def run(self) -> None:
         delay = 0.1
+        if not self.use_db:
+            self.expected = await self._our_batch()
         async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=45.0)) as http:
             while not self.ended:
                 before = self.tracker.last_id
@@ -180,6 +192,10 @@ class Follower:
                     self._note(f"the web server at {self.url} cannot stream ({exc}); "
                                "following the database's event log instead")
                     continue
+                except WrongServer as exc:
+                    self.use_db = True
+                    self._note(f"{exc}; following the database's event log instead")
+                    continue
                 except RESUMABLE as exc:
                     self._note(f"connection lost ({type(exc).__name__}); resuming after event {self.tracker.last_id}")
                 if not self.ended:
@@ -188,6 +204,28 @@ class Follower:
 
     # -- sources ------------------------------------------------------------------------------------
 
+    async def _our_batch(self) -> asyncpg.Record | None:
+        """The batch as our database has it (what a server's snapshot must match); None when the database cannot
+        be read, and then the server the user named is trusted as given."""
+        try:
+            async with database(self.settings, own_embedded=False) as db:
+                conn = await wait_until_reachable(db.direct_dsn, 10, "datesync-follow")
+                try:
+                    row: asyncpg.Record | None = await conn.fetchrow(q("batch_get"), self.tracker.batch_id,
+                                                                     timeout=10)
+                    return row
+                finally:
+                    with contextlib.suppress(*DB_ERRORS):
+                        await conn.close()
+        except UNREADABLE:
+            return None
+
+    def _check_server(self, shown: dict[str, Any] | None) -> None:
+        """Raise WrongServer unless the server's batch is ours (same source, range and creation time)."""
+        if self.expected is not None and not _same_batch(shown or {}, self.expected):
+            raise WrongServer(f"the web server at {self.server} serves another database (its batch "
+                              f"{self.tracker.batch_id} is not ours)")
+
     async def _from_stream(self, http: httpx.AsyncClient) -> None:
         headers = {"Accept": "text/event-stream", "Last-Event-ID": str(self.tracker.last_id)}
         async with http.stream("GET", self.url, headers=headers) as response:
@@ -195,12 +233,15 @@ class Follower:
                 self.ended = True
                 return
             if response.status_code == 404 and _is_envelope(await response.aread()):
+                if self.expected is not None:  # our database has it: the server is not ours
+                    raise WrongServer(f"the web server at {self.server} does not know batch {self.tracker.batch_id}")
                 raise UnknownBatch(f"batch {self.tracker.batch_id} not found at {self.url}")
             if response.status_code != 200:
                 raise StreamUnavailable(f"HTTP {response.status_code}")
             async for msg in sse_messages(response.aiter_lines()):
                 data = json.loads(msg.data)
                 if msg.event == "snapshot":
+                    self._check_server(data.get("batch"))
                     self.tracker.snapshot(data["batch"])
                     self._show()
                 elif msg.event in ("batch", "task"):
@@ -264,6 +305,16 @@ class Follower:
         self.bar.console.print(f"[yellow]{text}[/]")
 
 
+def _same_batch(shown: dict[str, Any], ours: asyncpg.Record) -> bool:
+    """A stream's batch is ours when source, range and creation time (to the microsecond) agree."""
+    try:
+        created = datetime.datetime.fromisoformat(shown.get("created_at") or "")
+    except (TypeError, ValueError):
+        return False
+    return (shown.get("source"), shown.get("start_date"), shown.get("end_date"), created) == (
+        ours["source"], ours["start_date"].isoformat(), ours["end_date"].isoformat(), ours["created_at"])
+
+
 def _is_envelope(body: bytes) -> bool:
     try:
         return json.loads(body).get("status") == "error"
@@ -296,7 +347,7 @@ async def follow_batch(settings: Settings, batch_id: int, url: str | None, *, pr
         console=progress_console,
     )
     task = bar.add_task("", total=1, state="connecting", failed=0, rate="- dates/s", eta="-")
-    follower = Follower(settings, batch_id, web_url(settings, url), bar, task)
+    follower = Follower(settings, batch_id, web_url(url), bar, task)
     with bar:
         await follower.run()
     _summary(follower.tracker, out)

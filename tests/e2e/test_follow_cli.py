@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 
+from daemon.db.dsn import with_database
 from daemon.settings import Settings
 from tests.support.daemons import running_daemon
 from tests.support.server import free_port, live_server
@@ -99,3 +102,53 @@ def test_the_tracker_follows_a_retried_batch_to_its_last_outcome() -> None:
     t.event(ev(8, "batch", "succeeded", final=True, succeeded=2, failed=0))
     assert t.final and t.done == 2 and t.failures() == [] and t.exit_code() == 0
     assert t.rate is not None and t.rate > 0
+
+
+@pytest.fixture
+async def other_dsn(server_dsn: str, template_db: str) -> AsyncIterator[str]:
+    """A second installation: another migrated database on the same server."""
+    name = f"dsother_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+        yield with_database(server_dsn, name)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def _installation_with_batch_1_done(dsn: str) -> None:
+    """Batch 1 of `dsn` succeeded with 3 dates: what a follower of the wrong installation would report."""
+    async with running_daemon(dsn, FAST):
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute("INSERT INTO datesync.batch (start_date, end_date) VALUES ('2024-05-01', '2024-05-03')")
+            await wait_for(lambda: conn.fetchval("SELECT state = 'succeeded' FROM datesync.batch WHERE id = 1"),
+                           timeout=30)
+        finally:
+            await conn.close()
+
+
+async def test_batch_follow_never_assumes_the_server_on_the_default_port(dsn: str, other_dsn: str) -> None:
+    """A server for another database listens on PORT: the CLI follows the batch in the database it wrote to."""
+    await _installation_with_batch_1_done(other_dsn)
+    async with live_server(other_dsn, FAST) as live, running_daemon(dsn, FAST):
+        env = {**os.environ, "DATABASE_URL": dsn, "PORT": live.base_url.rsplit(":", 1)[1], "LOG_FORMAT": "json",
+               "COLUMNS": "200"}
+        env.pop("DATESYNC_URL", None)
+        proc = await asyncio.create_subprocess_exec(
+            DATESYNC, "batch", "2024-03-01", "2024-03-05", "--follow", env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        code, out, err = await finish(proc)
+    assert code == 0, err
+    assert "batch 1 succeeded: 5 succeeded, 0 failed, 0 skipped, 0 cancelled, of 5 dates" in out
+
+
+async def test_a_url_that_serves_another_database_is_not_followed(dsn: str, other_dsn: str) -> None:
+    await _installation_with_batch_1_done(other_dsn)
+    async with live_server(other_dsn, FAST) as live, running_daemon(dsn, FAST):
+        code, out, err = await finish(await spawn(dsn, live.base_url, "batch", "2024-03-01", "2024-03-05",
+                                                  "--follow"))
+    assert "serves another database" in err
+    assert code == 0, err
+    assert "batch 1 succeeded: 5 succeeded, 0 failed, 0 skipped, 0 cancelled, of 5 dates" in out
