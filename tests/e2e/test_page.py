@@ -101,7 +101,7 @@ async def test_a_seven_day_batch_progresses_and_completes_without_a_reload(
         await expect(item.locator(".batch-toggle .badge")).to_have_text("Succeeded")
         await expect(item.locator(".stat-done dd")).to_have_text("7 / 7")
         await expect(item.locator(".stat-failed dd")).to_have_text("0")
-        await expect(item.locator(".stat-rate dd")).to_have_text(re.compile(r"dates/(s|min)"))
+        await expect(item.locator(".stat-rate dd")).to_have_text(re.compile(r"^[\d.,]+ dates/min$"))  # one unit
         await expect(item.locator(".cancel")).to_be_hidden()
         await expect(page.locator("#card-synced")).to_have_text("7")
         await expect(page.locator("#card-last")).not_to_have_text("Never")
@@ -128,17 +128,21 @@ async def test_a_bad_range_shows_the_servers_error_next_to_the_field(
 
         expected = (await client.post("/sync/batch", json={"start_date": day(-3), "end_date": day(-10)})).json()
         [error] = [e for e in expected["errors"] if e["field"] == "start_date"]
+        assert error["message"] == "start_date must not be after end_date"
         await start_from_form(w, day(-3), day(-10))
-        await expect(page.locator("#start_date-error")).to_have_text(error["message"])
+        # In the form's own words (its labels, not the JSON's field names), and said once: the line under the
+        # button only points at the marked field.
+        await expect(page.locator("#start_date-error")).to_have_text("Start date must not be after End date")
         await expect(page.locator("#start_date")).to_have_attribute("aria-invalid", "true")
         await expect(page.locator("#start_date")).to_be_focused()
-        await expect(page.locator("#form-message")).to_have_text(expected["message"])
+        await expect(page.locator("#form-message")).to_have_text("Please correct the marked field.")
         await expect(page.locator("#end_date-error")).to_be_hidden()
+        assert (await page.locator("main").inner_text()).count("must not be after") == 1
 
         future = (await client.post("/sync/batch", json={"start_date": day(-1), "end_date": day(3)})).json()
         [error] = [e for e in future["errors"] if e["field"] == "end_date"]
         await start_from_form(w, day(-1), day(3))
-        await expect(page.locator("#end_date-error")).to_have_text(error["message"])
+        await expect(page.locator("#end_date-error")).to_have_text(error["message"].replace("end_date", "End date"))
         await expect(page.locator("#end_date")).to_have_attribute("aria-invalid", "true")
         await expect(page.locator("#start_date")).not_to_have_attribute("aria-invalid", "true")
         # Changing the field clears its error.
@@ -165,7 +169,9 @@ async def test_cancel_stops_a_running_batch(dsn: str, monkeypatch: pytest.Monkey
         await expect(page.locator("#batch-message")).not_to_be_empty()
         await expect(item.locator(".batch-toggle .badge")).to_have_text("Cancelled")
         await expect(item.locator(".cancel")).to_be_hidden()
-        await expect(item.locator(".retry")).to_be_visible()
+        # Retry would requeue the cancelled dates too, and says so; a batch stopped part-way shows no rate.
+        await expect(item.locator(".retry")).to_have_text("Retry failed and cancelled")
+        await expect(item.locator(".stat-rate dd")).to_have_text(NOTHING_YET)
         done = await item.locator(".stat-done dd").text_content()
         assert done is not None and done.endswith("/ 30")
         progress = await live.state.pool.fetchrow(
@@ -255,10 +261,15 @@ async def test_a_token_is_kept_and_sent_when_the_api_needs_one(
         page = w.page
         await start_from_form(w, day(-5), day(-4))
         await expect(page.locator("#form-message")).to_have_attribute("data-kind", "error")
+        # One sentence, the page's own, saying what to do.
+        await expect(page.locator("#form-message")).to_have_text(
+            "The API needs a token: enter it under “API token” at the top of the page.")  # noqa: RUF001
         await expect(page.locator("#settings")).to_have_attribute("open", "")
         await page.fill("#token", "s3cret-token")
         await page.press("#token", "Enter")
         await expect(page.locator("#token-status")).to_have_text("Token saved in this browser.")
+        # Saving closes the popover, so it does not stay over the cards and the calendar.
+        await expect(page.locator("#settings")).not_to_have_attribute("open", "")
         await page.click("#start")
         await expect(page.locator("#form-message")).to_have_text("Batch sync started: 2 days will be synced")
         await page.reload()
@@ -304,6 +315,11 @@ async def test_the_chinese_view(dsn: str, monkeypatch: pytest.MonkeyPatch, open_
         await expect(page.locator("#form-message")).to_have_text("批量同步任务已启动，将同步 2 天的数据")  # noqa: RUF001
         item = batch(w)
         await expect(item.locator(".batch-toggle .badge")).to_have_text("成功")
+        # The answer follows the language switch, both ways.
+        await page.select_option("#lang", "en")
+        await expect(page.locator("#form-message")).to_have_text("Batch sync started: 2 days will be synced")
+        await page.select_option("#lang", "zh")
+        await expect(page.locator("#form-message")).to_have_text("批量同步任务已启动，将同步 2 天的数据")  # noqa: RUF001
         await expect(item.locator(".stat-done dt")).to_have_text("完成")
         await expect(page.locator("#card-last")).to_contain_text("年")
         # The switch wins over the browser's language, and is remembered.
@@ -314,3 +330,51 @@ async def test_the_chinese_view(dsn: str, monkeypatch: pytest.MonkeyPatch, open_
         await expect(page.locator("#form-h")).to_have_text("Start a backfill")
         assert await page.get_attribute("html", "lang") == "en"
         assert w.errors == []
+
+
+async def test_the_popover_closes_and_a_new_selection_clears_the_last_answer(
+        dsn: str, monkeypatch: pytest.MonkeyPatch, open_page: OpenPage) -> None:
+    async with served(dsn, monkeypatch) as live:
+        w = await open_page(live.base_url)
+        await ready(w)
+        page = w.page
+        await page.click("#settings summary")
+        await expect(page.locator("#settings")).to_have_attribute("open", "")
+        await page.click('.card[data-kind="synced"]')
+        await expect(page.locator("#settings")).not_to_have_attribute("open", "")
+        await page.click("#settings summary")
+        await page.keyboard.press("Escape")
+        await expect(page.locator("#settings")).not_to_have_attribute("open", "")
+
+        await start_from_form(w, day(-5), day(-4))
+        await expect(page.locator("#form-message")).to_have_text("Batch sync started: 2 days will be synced")
+        cell = page.locator(f'td.cell[data-day="{day(-30)}"]')
+        await cell.focus()
+        await page.keyboard.press("Enter")
+        await expect(page.locator("#start_date")).to_have_value(day(-30))
+        await expect(page.locator("#form-message")).to_be_empty()
+        assert w.errors == []
+
+
+async def test_on_a_phone_the_started_batch_is_brought_into_view(
+        dsn: str, monkeypatch: pytest.MonkeyPatch, open_page: OpenPage) -> None:
+    async with served(dsn, monkeypatch, delay_ms=300) as live:
+        w = await open_page(live.base_url, width=390, height=844)
+        await ready(w)
+        page = w.page
+        await start_from_form(w, day(-40), day(-31))
+        await expect(batch(w)).to_be_in_viewport()
+        assert w.errors == []
+
+
+async def test_the_unreachable_notice_goes_once_the_server_is_back(
+        dsn: str, monkeypatch: pytest.MonkeyPatch, open_page: OpenPage) -> None:
+    async with served(dsn, monkeypatch) as live:
+        w = await open_page(live.base_url)
+        await ready(w)
+        page = w.page
+        await w.context.set_offline(True)
+        await expect(page.locator("#notice")).to_have_text("Cannot reach the server; is it running?", timeout=15_000)
+        await w.context.set_offline(False)
+        await expect(page.locator("#conn")).to_have_attribute("data-state", "open")
+        await expect(page.locator("#notice")).to_be_hidden()

@@ -20,6 +20,7 @@ const state = {
   connection: "connecting",
   selection: null, // [start, end, stats] chosen on the heat map
   heatSeq: 0,
+  started: null, // the answer to the last start, re-rendered in the current language until the form changes
 };
 
 // --- messages ------------------------------------------------------------------------------------------------
@@ -38,9 +39,16 @@ function notice(text) {
 function failure(error) {
   if (error instanceof ApiError && error.status === 401) {
     $("settings").open = true;
-    return `${error.message} ${t("err.auth")}`;
+    return t("err.auth"); // the page's own sentence says what to do; the API's would say it again
   }
   return error instanceof Error ? error.message : String(error);
+}
+
+// The API names its fields as the JSON does (start_date); next to the form, the form's own labels read better.
+const LABELS = { start_date: "form.start", end_date: "form.end", source: "form.source", force: "form.force" };
+
+function inFormWords(message) {
+  return FIELDS.reduce((text, f) => text.replaceAll(f, t(LABELS[f])), message);
 }
 
 // --- cards -----------------------------------------------------------------------------------------------------
@@ -95,11 +103,34 @@ function showErrors(error) {
     const field = item && FIELDS.includes(item.field) ? item.field : null;
     if (!field) continue;
     const node = $(`${field}-error`);
-    node.textContent = node.textContent ? `${node.textContent} ${item.message}` : item.message;
+    const message = inFormWords(item.message);
+    node.textContent = node.textContent ? `${node.textContent} ${message}` : message;
     $(field).setAttribute("aria-invalid", "true");
     first = first || field;
   }
   if (first) $(first).focus();
+  return first !== null;
+}
+
+function renderStarted() {
+  const started = state.started;
+  if (!started) return;
+  const text = started.deduplicated ? t("form.deduplicated", { id: started.id }) : tn("form.started", started.days);
+  say($("form-message"), text, "ok");
+}
+
+function forgetStarted() {
+  if (!state.started) return;
+  state.started = null;
+  say($("form-message"), "");
+}
+
+/** Bring a batch into view (on a phone the list is screens below the form). */
+function reveal(id) {
+  const item = document.querySelector(`li.batch[data-id="${id}"]`);
+  if (!item) return;
+  const box = item.getBoundingClientRect();
+  if (box.top < 0 || box.bottom > window.innerHeight) item.scrollIntoView({ block: "center" });
 }
 
 async function submit(event) {
@@ -115,15 +146,19 @@ async function submit(event) {
   if (state.sources.length > 1) body.source = $("source").value;
   button.disabled = true;
   button.textContent = t("form.sending");
+  state.started = null;
   say(message, "");
   try {
     const { data } = await api.startBatch(body);
-    say(message, data.message, "ok");
+    state.started = { id: data.batch_id, days: data.days, deduplicated: !!data.deduplicated };
+    renderStarted();
     await loadBatch(data.batch_id);
+    reveal(data.batch_id);
     refreshCards();
   } catch (error) {
-    say(message, failure(error), "error");
-    if (error instanceof ApiError) showErrors(error);
+    // Field errors stand next to their fields; the line under the button then only points at them.
+    const marked = error instanceof ApiError && showErrors(error);
+    say(message, marked ? t("form.invalid") : failure(error), "error");
   } finally {
     button.disabled = false;
     button.textContent = t("form.submit");
@@ -132,6 +167,7 @@ async function submit(event) {
 
 function onFormChange(event) {
   const field = event.target.id;
+  forgetStarted();
   if (FIELDS.includes(field)) {
     $(`${field}-error`).textContent = "";
     $(field).removeAttribute("aria-invalid");
@@ -179,6 +215,7 @@ const heat = new Heatmap($("heatmap"), $("hm-tip"), (start, end, stats) => {
   $("start_date").value = start;
   $("end_date").value = end;
   clearErrors();
+  forgetStarted();
   updateDays();
   state.selection = [start, end, stats];
   renderSelection();
@@ -316,6 +353,8 @@ function onEvent(name, ev) {
 }
 
 function onConnection(next) {
+  // Back in touch: a "cannot reach the server" notice from the outage is stale now.
+  if (next === "open" && state.connection !== "open") notice("");
   state.connection = next;
   $("conn").dataset.state = next;
   $("conn-text").textContent = t(`conn.${next}`);
@@ -360,15 +399,28 @@ function relabel() {
   renderCards();
   updateDays();
   renderSelection();
+  renderStarted();
   list.redraw();
   if (heat.table) heat.render();
 }
 
 function initToken() {
   const input = $("token");
+  const panel = $("settings");
   $("token-form").addEventListener("submit", (e) => {
     e.preventDefault();
     input.dispatchEvent(new Event("change"));
+    panel.open = false;
+  });
+  // A popover closes like one: on a click elsewhere and on Escape, so it never stays over the cards or calendar.
+  document.addEventListener("click", (e) => {
+    if (panel.open && !panel.contains(e.target)) panel.open = false;
+  });
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "Escape" && panel.open) {
+      panel.open = false;
+      panel.querySelector("summary").focus();
+    }
   });
   input.value = getToken();
   input.addEventListener("change", () => {

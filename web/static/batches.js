@@ -206,7 +206,12 @@ export class BatchList {
       li.querySelector(`.seg-${seg}`).style.width = `${(100 * b[seg]) / total}%`;
     }
     li.querySelector(".cancel").hidden = final || cancelling;
-    li.querySelector(".retry").hidden = !(final && (b.failed > 0 || (b.state === "cancelled" && b.cancelled > 0)));
+    const retry = li.querySelector(".retry");
+    retry.hidden = !(final && (b.failed > 0 || (b.state === "cancelled" && b.cancelled > 0)));
+    // Retry requeues a cancelled batch's cancelled dates too: the button says so.
+    const retryLabel = b.state === "cancelled" ? t("batch.retryCancelled") : t("batch.retry");
+    retry.textContent = retryLabel;
+    retry.setAttribute("aria-label", `${retryLabel} · ${t("batch.name", { id: b.id })}`);
 
     const meta = li.querySelector(".batch-meta");
     const parts = [`${t("batch.source")}: ${b.source ?? "default"}`, `${t("batch.created")} ${fmtDateTime(b.created_at)}`];
@@ -224,7 +229,9 @@ export class BatchList {
     const ended = b.finished_at ? Date.parse(b.finished_at) : serverNow;
     const elapsedMs = Number.isNaN(started) ? null : Math.max(0, ended - started);
     const worked = b.succeeded + b.failed; // skipped dates cost nothing and would flatter the rate
-    const rate = elapsedMs && elapsedMs > 300 && worked > 0 ? worked / (elapsedMs / 1000) : null;
+    // A cancelled batch stopped part-way (and maybe long after its last date ran): no rate to speak of.
+    const rate = b.state !== "cancelled" && elapsedMs && elapsedMs > 300 && worked > 0
+      ? worked / (elapsedMs / 1000) : null;
     const remaining = b.queued + b.running;
     let last;
     if (final) last = [t("batch.took"), fmtDuration(elapsedMs)];

@@ -101,11 +101,11 @@ export function fmtDuration(ms) {
   return `${unit("hour", h)} ${unit("minute", totalMin % 60)}`;
 }
 
-/** Dates per second, shown per second or per minute, whichever reads better. */
+/** Dates per second, always shown per minute: one unit, so that two batches' rates compare at a glance. */
 export function fmtRate(perSecond) {
   if (!perSecond || !Number.isFinite(perSecond)) return "–";
-  if (perSecond >= 1) return t("rate.s", { v: fmtNumber(perSecond, 1) });
-  return t("rate.min", { v: fmtNumber(perSecond * 60, perSecond * 60 < 10 ? 1 : 0) });
+  const perMinute = perSecond * 60;
+  return t("rate.min", { v: fmtNumber(perMinute, perMinute < 10 ? 1 : 0) });
 }
 
 /** Call fn at most once per `ms`, always after the latest request (a trailing throttle). */
