@@ -1,9 +1,12 @@
-"""The status page mid-backfill, on a desktop and on a phone: nothing overflows, and (with
-DATESYNC_UPDATE_SCREENSHOTS=1) the pictures in docs/ are refreshed from the real thing."""
+"""The status page mid-backfill, on a desktop, on a phone and in Chinese: nothing overflows, and (with
+DATESYNC_UPDATE_SCREENSHOTS=1) the pictures in docs/ are refreshed from the real thing. Refreshing them needs a CJK
+font (Debian's fonts-noto-cjk), or the Chinese picture would show empty boxes."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -20,6 +23,10 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 async def test_the_page_mid_backfill_fits_a_desktop_and_a_phone(
         dsn: str, monkeypatch: pytest.MonkeyPatch, open_page: OpenPage, tmp_path: Path) -> None:
     out = DOCS if os.environ.get("DATESYNC_UPDATE_SCREENSHOTS") == "1" else tmp_path
+    if out is DOCS:
+        fonts = subprocess.run([shutil.which("fc-list") or "fc-list", ":lang=zh", "family"], capture_output=True,
+                               text=True, check=False).stdout
+        assert fonts.strip(), "install a CJK font first (apt-get install fonts-noto-cjk): docs/ shows real Chinese"
     fails = (day(-321), day(-92), day(-90))
     async with served(dsn, monkeypatch, delay_ms=2, fail=fails, concurrency=2) as live, \
             httpx.AsyncClient(base_url=live.api) as client:
@@ -39,7 +46,8 @@ async def test_the_page_mid_backfill_fits_a_desktop_and_a_phone(
 
         desktop = await open_page(live.base_url, width=1280, height=900)
         phone = await open_page(live.base_url, width=390, height=844)
-        for w in (desktop, phone):
+        chinese = await open_page(live.base_url, width=1280, height=900, locale="zh-CN")
+        for w in (desktop, phone, chinese):
             await expect(w.page.locator("#conn")).to_have_attribute("data-state", "open")
             await expect(w.page.locator("#card-failed")).to_have_text("3")
         await desktop.page.fill("#start_date", day(-60))
@@ -56,6 +64,8 @@ async def test_the_page_mid_backfill_fits_a_desktop_and_a_phone(
         await expect(desktop.page.locator("#hm-tip")).to_be_visible()
         await desktop.page.screenshot(path=str(out / "screenshot.png"), full_page=True)
         await phone.page.screenshot(path=str(out / "screenshot-phone.png"), full_page=True)
+        await expect(chinese.page.locator("#form-h")).to_have_text("批量同步")
+        await chinese.page.screenshot(path=str(out / "screenshot-zh.png"), full_page=True)
 
         heat = desktop.page.locator(".heat-scroll")
         assert await heat.evaluate("s => s.scrollWidth <= s.clientWidth"), "12 months should fit a desktop panel"
@@ -64,3 +74,4 @@ async def test_the_page_mid_backfill_fits_a_desktop_and_a_phone(
         for w in (desktop, phone):
             await expect(w.page.locator("li.batch").first.locator(".batch-toggle .badge")).to_have_text("Running")
             assert w.errors == []
+        assert chinese.errors == []
