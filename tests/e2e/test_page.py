@@ -263,7 +263,7 @@ async def test_a_token_is_kept_and_sent_when_the_api_needs_one(
         await expect(page.locator("#form-message")).to_have_attribute("data-kind", "error")
         # One sentence, the page's own, saying what to do.
         await expect(page.locator("#form-message")).to_have_text(
-            "The API needs a token: enter it under “API token” at the top of the page.")  # noqa: RUF001
+            "The API needs a token: enter it under “API token” at the top of the page.")
         await expect(page.locator("#settings")).to_have_attribute("open", "")
         await page.fill("#token", "s3cret-token")
         await page.press("#token", "Enter")
@@ -361,7 +361,6 @@ async def test_on_a_phone_the_started_batch_is_brought_into_view(
     async with served(dsn, monkeypatch, delay_ms=300) as live:
         w = await open_page(live.base_url, width=390, height=844)
         await ready(w)
-        page = w.page
         await start_from_form(w, day(-40), day(-31))
         await expect(batch(w)).to_be_in_viewport()
         assert w.errors == []

@@ -20,13 +20,19 @@ from tests.support.waiting import wait_for
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
+def has_cjk_font() -> bool:
+    fc_list = shutil.which("fc-list")
+    if fc_list is None:
+        return False
+    listed = subprocess.run([fc_list, ":lang=zh", "family"], capture_output=True, text=True, check=False).stdout
+    return bool(listed.strip())
+
+
 async def test_the_page_mid_backfill_fits_a_desktop_and_a_phone(
         dsn: str, monkeypatch: pytest.MonkeyPatch, open_page: OpenPage, tmp_path: Path) -> None:
     out = DOCS if os.environ.get("DATESYNC_UPDATE_SCREENSHOTS") == "1" else tmp_path
     if out is DOCS:
-        fonts = subprocess.run([shutil.which("fc-list") or "fc-list", ":lang=zh", "family"], capture_output=True,
-                               text=True, check=False).stdout
-        assert fonts.strip(), "install a CJK font first (apt-get install fonts-noto-cjk): docs/ shows real Chinese"
+        assert has_cjk_font(), "install a CJK font first (apt-get install fonts-noto-cjk): docs/ shows real Chinese"
     fails = (day(-321), day(-92), day(-90))
     async with served(dsn, monkeypatch, delay_ms=2, fail=fails, concurrency=2) as live, \
             httpx.AsyncClient(base_url=live.api) as client:
