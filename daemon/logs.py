@@ -139,6 +139,17 @@ def _scrub(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+# uvicorn writes its general lines (started, shutting down) under "uvicorn.error", a name kept for history.
+_LOGGER_NAMES = {"uvicorn.error": "uvicorn"}
+
+
+def _rename_logger(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    name = event.get("logger")
+    if name in _LOGGER_NAMES:
+        event["logger"] = _LOGGER_NAMES[name]
+    return event
+
+
 def configure(log_format: str = "console", level: int = logging.INFO, env: Mapping[str, str] | None = None) -> None:
     """Configure structlog and the stdlib root logger once, at the edge of the program."""
     add_secrets(secrets_in_env(os.environ if env is None else env))
@@ -146,6 +157,7 @@ def configure(log_format: str = "console", level: int = logging.INFO, env: Mappi
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
+        _rename_logger,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
         # Tracebacks become plain text *before* scrubbing, in both formats: the console's rich tracebacks
@@ -177,8 +189,9 @@ def configure(log_format: str = "console", level: int = logging.INFO, env: Mappi
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "asyncpg"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
-    # One line per request is noise at INFO for an SSE-heavy server; errors still come through. httpx logs each
-    # request's URL at INFO, and an upstream URL may carry a key in its query string.
+    # Requests are logged by our own access middleware (web/access.py: info for answers that are not 2xx, debug
+    # for the rest); uvicorn's would log every SSE reconnect at INFO. httpx logs each request's URL at INFO, and
+    # an upstream URL may carry a key in its query string.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)

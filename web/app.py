@@ -6,9 +6,11 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Mount, Route
 
 from web import api, events, gaps, health, metrics, page
+from web.access import AccessLog
 from web.state import AppState
 
 API_PREFIX = "/api/v1/sync-status"
@@ -30,7 +32,7 @@ def create_app(state: AppState) -> Starlette:
             *page.routes,
         ],
         lifespan=lifespan,
-        middleware=api.middleware(state.settings),
+        middleware=[Middleware(AccessLog), *api.middleware(state.settings)],
         exception_handlers=api.EXCEPTION_HANDLERS,
     )
     app.state.datesync = state

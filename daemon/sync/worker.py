@@ -413,7 +413,9 @@ class Daemon:
         if c.attempt < c.max_attempts:
             metrics.RETRIES.labels(c.source).inc()
             delay = retry_delay(self.settings.retry_delay, c.attempt)
-            log.warning("date_sync_failed_will_retry", error=message, retry_in_s=round(delay, 2), exc_info=exc)
+            # One line per retried attempt; its traceback only at debug level. The final failure carries it.
+            log.warning("date_sync_failed_will_retry", error=message, retry_in_s=round(delay, 2))
+            log.debug("date_sync_attempt_traceback", exc_info=exc)
             return Outcome(c.id, c.batch_id, Kind.FAILED, c.attempt, error=message, retry_in=delay)
         log.error("date_sync_failed", error=message, exc_info=exc)
         return Outcome(c.id, c.batch_id, Kind.FAILED, c.attempt, error=message)

@@ -129,7 +129,7 @@ def test_json_lines_from_structlog_stdlib_loggers_and_a_crash_carry_no_secret() 
     lines = done.stderr.splitlines()
     records = [json.loads(line) for line in lines]  # every line is one JSON object
     assert [r["logger"] for r in records] == [
-        "datesync.test", "datesync.test", "uvicorn.error", "uvicorn.error", "asyncpg.pool", "datesync"]
+        "datesync.test", "datesync.test", "uvicorn", "uvicorn", "asyncpg.pool", "datesync"]
     assert all({"timestamp", "level", "event"} <= r.keys() for r in records)
     assert "ConnectionError: cannot reach postgresql://app:***@h/db" in records[1]["exception"]
     assert records[3]["event"] == "Exception in ASGI application" and "ValueError" in records[3]["exception"]
