@@ -1,0 +1,280 @@
+-- datesync.task: its guarded transitions, its batch's live counts, and the hot path (claim, finish).
+--
+-- The current definition of each function and trigger here: this file is re-applied (after the versioned
+-- migrations, in file-name order, under the migration lock) whenever its checksum changes. Edit it in place;
+-- versioned migrations (migrations/NNNN_*.sql) hold DDL and data changes only.
+
+-- Task transitions allowed by the state machine (docs/state_machine.md); anything else is a bug or a
+-- hand-edit gone wrong, and is refused.
+CREATE OR REPLACE FUNCTION datesync.task_guard_update() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.state = OLD.state THEN
+        RETURN NEW;
+    END IF;
+    IF NOT (
+        (OLD.state = 'queued' AND NEW.state IN ('running', 'skipped', 'cancelled'))
+        OR (OLD.state = 'running' AND NEW.state IN ('queued', 'succeeded', 'failed', 'cancelled'))
+        OR (OLD.state IN ('failed', 'cancelled') AND NEW.state = 'queued')  -- retry of a batch
+    ) THEN
+        RAISE EXCEPTION 'task % cannot move from % to %', OLD.id, OLD.state, NEW.state
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE OR REPLACE TRIGGER task_guard_update BEFORE UPDATE OF state ON datesync.task
+    FOR EACH ROW EXECUTE FUNCTION datesync.task_guard_update();
+
+-- Batch counts follow every task transition, whoever makes it (the daemon, the API, a hand edit). One UPDATE
+-- per statement and batch, from the statement's transition tables. Batch rows are locked in id order so that two
+-- transactions touching the same batches cannot deadlock; event-writing statements come after this in every
+-- transaction, so the lock order is always task rows, day rows, batch rows, then the event lock.
+CREATE OR REPLACE FUNCTION datesync.task_count() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        PERFORM 1 FROM datesync.batch WHERE id IN (SELECT batch_id FROM new_rows) ORDER BY id FOR UPDATE;
+        UPDATE datesync.batch b SET queued = b.queued + n.c
+        FROM (SELECT batch_id, count(*) AS c FROM new_rows WHERE state = 'queued' GROUP BY batch_id) n
+        WHERE b.id = n.batch_id;
+        RETURN NULL;
+    END IF;
+    -- Rows whose state did not change (lease renewals) cost a scan of the transition tables and nothing else.
+    PERFORM 1 FROM datesync.batch
+    WHERE id IN (SELECT n.batch_id FROM new_rows n JOIN old_rows o ON o.id = n.id WHERE o.state <> n.state)
+    ORDER BY id FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    UPDATE datesync.batch b
+    SET queued = b.queued + p.queued, running = b.running + p.running,
+        succeeded = b.succeeded + p.succeeded, failed = b.failed + p.failed,
+        skipped = b.skipped + p.skipped, cancelled = b.cancelled + p.cancelled
+    FROM (SELECT n.batch_id,
+                 count(*) FILTER (WHERE n.state = 'queued') - count(*) FILTER (WHERE o.state = 'queued') AS queued,
+                 count(*) FILTER (WHERE n.state = 'running') - count(*) FILTER (WHERE o.state = 'running') AS running,
+                 count(*) FILTER (WHERE n.state = 'succeeded')
+                     - count(*) FILTER (WHERE o.state = 'succeeded') AS succeeded,
+                 count(*) FILTER (WHERE n.state = 'failed') - count(*) FILTER (WHERE o.state = 'failed') AS failed,
+                 count(*) FILTER (WHERE n.state = 'skipped') - count(*) FILTER (WHERE o.state = 'skipped') AS skipped,
+                 count(*) FILTER (WHERE n.state = 'cancelled')
+                     - count(*) FILTER (WHERE o.state = 'cancelled') AS cancelled
+          FROM new_rows n JOIN old_rows o ON o.id = n.id
+          WHERE o.state <> n.state
+          GROUP BY n.batch_id) p
+    WHERE b.id = p.batch_id;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER task_count_insert AFTER INSERT ON datesync.task
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION datesync.task_count();
+CREATE OR REPLACE TRIGGER task_count_update AFTER UPDATE ON datesync.task
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION datesync.task_count();
+
+-- A hand DELETE of tasks takes them out of their batch's counts too.
+CREATE OR REPLACE FUNCTION datesync.task_count_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM datesync.batch WHERE id IN (SELECT batch_id FROM old_rows) ORDER BY id FOR UPDATE;
+    UPDATE datesync.batch b
+    SET queued = b.queued - p.queued, running = b.running - p.running, succeeded = b.succeeded - p.succeeded,
+        failed = b.failed - p.failed, skipped = b.skipped - p.skipped, cancelled = b.cancelled - p.cancelled
+    FROM (SELECT batch_id,
+                 count(*) FILTER (WHERE state = 'queued') AS queued,
+                 count(*) FILTER (WHERE state = 'running') AS running,
+                 count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
+                 count(*) FILTER (WHERE state = 'failed') AS failed,
+                 count(*) FILTER (WHERE state = 'skipped') AS skipped,
+                 count(*) FILTER (WHERE state = 'cancelled') AS cancelled
+          FROM old_rows GROUP BY batch_id) p
+    WHERE b.id = p.batch_id;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER task_count_delete AFTER DELETE ON datesync.task
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION datesync.task_count_delete();
+
+-- Claiming alone is the same call with no outcomes.
+CREATE OR REPLACE FUNCTION datesync.task_claim(p_worker text, p_limit integer, p_lease float8, p_sources text[])
+RETURNS TABLE (kind text, id bigint, batch_id bigint, source text, day date, state text, attempt integer,
+               max_attempts integer, batch_state text, batch_created_at timestamptz)
+LANGUAGE sql AS $$
+    SELECT * FROM datesync.task_finish(p_worker, '{}', '{}', '{}', '{}', '{}', '{}', '{}', p_limit, p_lease,
+                                       p_sources);
+$$;
+
+-- The hot path, one round trip and one commit: record the outcomes of attempts run by p_worker (succeeded,
+-- failed for good, queued for a retry after p_retry_in seconds, cancelled), hand back p_released (shutdown: queued
+-- at once, the attempt not counted), and claim up to p_claim_limit new dates for the slots they free. Three
+-- statements, because each pays the executor's start-up (plans, checks, triggers):
+--   1. claim and finish: task rows and day rows in one statement, so the counting trigger runs once, at its end;
+--   2. the rare cases (a hand-back at shutdown, a cancelled run's day), each only when present;
+--   3. the events, with the batches' live counts, and the end of every batch this call settled, in one INSERT.
+-- The claim comes before anything that locks a batch row: it is the only part that can wait on another
+-- transaction (the one-running-per-day index), and must not wait while holding a batch row. Claimed and finished
+-- rows never share a day: a day with a running task is not claimable.
+-- p_started is the batch this transaction expanded (batch_expand_claim): its "running" event comes first, in the
+-- same INSERT. Writing it earlier, before the claim, would hold the event lock while the claim may wait on another
+-- daemon's claim of the same date, which waits for the event lock: a deadlock.
+CREATE OR REPLACE FUNCTION datesync.task_finish(p_worker text, p_ids bigint[], p_attempts integer[],
+                                   p_states text[], p_errors text[], p_rows bigint[],
+                                   p_retry_in float8[], p_released bigint[],
+                                   p_claim_limit integer, p_lease float8, p_sources text[],
+                                   p_started bigint DEFAULT NULL)
+RETURNS TABLE (kind text, id bigint, batch_id bigint, source text, day date, state text, attempt integer,
+               max_attempts integer, batch_state text, batch_created_at timestamptz)
+LANGUAGE plpgsql
+-- Walk task_claimable in order and stop after the limit, and find outcomes by primary key: with statistics that
+-- lag behind a freshly expanded batch the planner picked a bitmap scan and sort of the whole queue (4.5 ms per
+-- claim at 5,000 queued), or a bitmap scan of every running entry, dead ones included, for the outcomes. The plan
+-- is generic (planned once per connection, not per call, which cost more than running it), so the statements
+-- below are written to leave it no plan that reads more than the rows at hand; the generic plan guesses a
+-- thousand claimed rows where there are ten.
+SET enable_bitmapscan = off
+SET enable_seqscan = off
+SET plan_cache_mode = force_generic_plan
+AS $$
+#variable_conflict use_column
+DECLARE
+    claimed datesync.task[];
+    changed datesync.task[];
+    released datesync.task[];
+    ended jsonb;
+BEGIN
+    WITH candidate AS (
+        SELECT t.id, t.source, t.day, t.force
+        FROM datesync.task t
+        WHERE t.state = 'queued' AND t.run_after <= now() AND t.source = ANY(p_sources)
+          AND NOT EXISTS (SELECT 1 FROM datesync.task r
+                          WHERE r.source = t.source AND r.day = t.day AND r.state = 'running')
+        ORDER BY t.run_after, t.id
+        LIMIT greatest(p_claim_limit, 0)
+        FOR UPDATE SKIP LOCKED
+    ), picked AS (
+        -- One date per (source, day); a date already synced (and not forced) is skipped, not run. The day is
+        -- probed per candidate (a join would be planned for the generic plan's guess of a thousand candidates:
+        -- a scan of every day).
+        SELECT DISTINCT ON (c.source, c.day) c.id,
+               CASE WHEN NOT c.force AND (SELECT d.status = 'success' FROM datesync.day d
+                                          WHERE d.source = c.source AND d.day = c.day)
+                    THEN 'skipped' ELSE 'running' END::datesync.task_state AS new_state
+        FROM candidate c
+        ORDER BY c.source, c.day, c.id
+    ), claim AS (
+        UPDATE datesync.task t
+        SET state = p.new_state,
+            attempt = t.attempt + (p.new_state = 'running')::int,
+            lease_owner = CASE WHEN p.new_state = 'running' THEN p_worker END,
+            lease_expires_at = CASE WHEN p.new_state = 'running' THEN now() + make_interval(secs => p_lease) END,
+            started_at = now(),
+            -- A skip is decided on this statement's snapshot, which may be younger than the transaction (and
+            -- now()): the success it relies on can have committed in between. Its own clock keeps it after that.
+            finished_at = CASE WHEN p.new_state = 'skipped' THEN clock_timestamp() END
+        FROM picked p
+        -- The array gives the planner a primary-key probe per row, whatever it guesses the row count to be.
+        WHERE t.id = ANY(ARRAY(SELECT x.id FROM picked x)) AND t.id = p.id
+        RETURNING t.*
+    ), marked AS (
+        INSERT INTO datesync.day AS d (source, day, status, batch_id, task_id, attempts, started_at)
+        SELECT u.source, u.day, 'running', u.batch_id, u.id, u.attempt, now() FROM claim u WHERE u.state = 'running'
+        ON CONFLICT (source, day) DO UPDATE
+        SET status = 'running', batch_id = EXCLUDED.batch_id, task_id = EXCLUDED.task_id,
+            attempts = EXCLUDED.attempts, started_at = EXCLUDED.started_at, updated_at = now(),
+            prior_status = CASE WHEN d.status = 'running' THEN d.prior_status ELSE d.status END
+    ), result AS (
+        SELECT * FROM unnest(p_ids, p_attempts, p_states, p_errors, p_rows, p_retry_in)
+            AS r(id, attempt, state, error, rows_synced, retry_in)
+    ), fin AS (
+        UPDATE datesync.task t
+        SET state = r.state::datesync.task_state,
+            error = r.error,
+            rows_synced = r.rows_synced,
+            run_after = CASE WHEN r.state = 'queued' THEN now() + make_interval(secs => r.retry_in)
+                             ELSE t.run_after END,
+            finished_at = CASE WHEN r.state = 'queued' THEN NULL ELSE now() END,
+            lease_owner = NULL,
+            lease_expires_at = NULL
+        FROM result r
+        -- The attempt fences a stale run: its outcome never lands on a newer attempt of the same row.
+        WHERE t.id = ANY(p_ids) AND t.id = r.id AND t.attempt = r.attempt AND t.state = 'running'
+          AND t.lease_owner = p_worker
+        RETURNING t.*
+    ), settled AS (
+        UPDATE datesync.day d
+        SET status = CASE WHEN f.state = 'succeeded' THEN 'success'
+                          WHEN f.state = 'cancelled' THEN d.status  -- day_restore, below
+                          ELSE 'failed' END::datesync.day_status,
+            rows_synced = CASE WHEN f.state = 'succeeded' THEN f.rows_synced ELSE d.rows_synced END,
+            error = CASE WHEN f.state = 'succeeded' THEN NULL ELSE coalesce(f.error, d.error) END,
+            synced_at = CASE WHEN f.state = 'succeeded' THEN now() ELSE d.synced_at END,
+            attempts = f.attempt, batch_id = f.batch_id, task_id = f.id, updated_at = now()
+        FROM fin f
+        WHERE d.source = f.source AND d.day = f.day
+    )
+    SELECT coalesce((SELECT array_agg(u) FROM claim u), '{}'), coalesce((SELECT array_agg(f) FROM fin f), '{}')
+    INTO claimed, changed;
+
+    -- A cancelled run leaves its day as it found it (or absent, if it had never been synced).
+    IF EXISTS (SELECT 1 FROM unnest(changed) c WHERE c.state = 'cancelled') THEN
+        PERFORM datesync.day_restore(array_agg(c.source), array_agg(c.day))
+        FROM unnest(changed) c WHERE c.state = 'cancelled';
+    END IF;
+    -- Handed back at shutdown: queued at once, the attempt not counted, the day as it was.
+    IF coalesce(cardinality(p_released), 0) > 0 THEN
+        WITH rel AS (
+            UPDATE datesync.task t
+            SET state = 'queued', attempt = greatest(t.attempt - 1, 0), run_after = now(),
+                lease_owner = NULL, lease_expires_at = NULL
+            WHERE t.id = ANY(p_released) AND t.state = 'running' AND t.lease_owner = p_worker
+            RETURNING t.*
+        )
+        SELECT coalesce(array_agg(r), '{}') INTO released FROM rel r;
+        PERFORM datesync.day_restore(array_agg(r.source), array_agg(r.day)) FROM unnest(released) r;
+        changed := changed || released;
+    END IF;
+    IF cardinality(claimed) + cardinality(changed) = 0 AND p_started IS NULL THEN
+        RETURN;
+    END IF;
+
+    -- Last (see event_serialize): the "running" event of the batch this transaction expanded (p_started), one
+    -- event per task row with its batch's counts, then the final event of each batch whose last date this call
+    -- settled, which it ends in the same statement.
+    -- datesync.engine_on() and _off(), inlined: each call of a SQL function is planned anew (3 % of a round).
+    PERFORM set_config('datesync.engine', 'on', true);
+    WITH e AS (
+        UPDATE datesync.batch b
+        SET state = CASE WHEN b.cancel_requested THEN 'cancelled'
+                         WHEN b.failed > 0 THEN 'failed'
+                         ELSE 'succeeded' END::datesync.batch_state,
+            finished_at = now()
+        WHERE b.id IN (SELECT c.batch_id FROM unnest(changed || claimed) c WHERE c.state NOT IN ('running', 'queued'))
+          AND b.state = 'running' AND b.queued = 0 AND b.running = 0
+        RETURNING b.*
+    ), logged AS (
+        INSERT INTO datesync.event (batch_id, task_id, day, kind, state, attempt, error, data)
+        SELECT x.batch_id, x.task_id, x.day, x.kind, x.state, x.attempt, x.error, x.data
+        FROM (
+            SELECT 0 AS part, s.id AS batch_id, NULL::bigint AS task_id, NULL::date AS day, 'batch' AS kind,
+                   'running' AS state, NULL::integer AS attempt, NULL::text AS error,
+                   jsonb_build_object('days', s.days) AS data
+            FROM datesync.batch s WHERE s.id = p_started
+            UNION ALL
+            SELECT 1, t.batch_id, t.id, t.day, 'task', t.state::text, t.attempt, t.error,
+                   jsonb_build_object('counts', jsonb_build_object(
+                       'queued', b.queued, 'running', b.running, 'succeeded', b.succeeded, 'failed', b.failed,
+                       'skipped', b.skipped, 'cancelled', b.cancelled, 'days', b.days)) AS data
+            FROM unnest(changed || claimed) t JOIN datesync.batch b ON b.id = t.batch_id
+            UNION ALL
+            SELECT 2, f.id, NULL, NULL, 'batch', f.state::text, NULL, NULL,
+                   jsonb_build_object('final', true, 'days', f.days, 'succeeded', f.succeeded, 'failed', f.failed,
+                                      'skipped', f.skipped, 'cancelled', f.cancelled)
+            FROM e f
+        ) x
+        ORDER BY x.part, x.batch_id, x.day
+    )
+    SELECT jsonb_object_agg(f.id::text, f.state) INTO ended FROM e f;
+    PERFORM set_config('datesync.engine', '', true);
+
+    RETURN QUERY
+        SELECT k.kind, c.id, c.batch_id, c.source, c.day, c.state::text, c.attempt, c.max_attempts,
+               ended ->> c.batch_id::text, b.created_at
+        FROM (SELECT 'claimed' AS kind, x FROM unnest(claimed) x
+              UNION ALL SELECT 'finished', x FROM unnest(changed) x) k
+        CROSS JOIN LATERAL (SELECT (k.x).*) c
+        JOIN datesync.batch b ON b.id = c.batch_id;
+END $$;

@@ -1,0 +1,269 @@
+-- datesync.batch: checks on insert, guarded updates, wake-ups, requests, expansion, cancel, retry, end.
+--
+-- The current definition of each function and trigger here: this file is re-applied (after the versioned
+-- migrations, in file-name order, under the migration lock) whenever its checksum changes. Edit it in place;
+-- versioned migrations (migrations/NNNN_*.sql) hold DDL and data changes only.
+
+-- Operator INSERTs get the API's checks and wording. Raised as check_violation with the field in DETAIL.
+CREATE OR REPLACE FUNCTION datesync.batch_validate() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    max_days integer := coalesce(
+        (SELECT value::integer FROM datesync.setting WHERE key = 'max_range_days'), 3660);
+    zone text := coalesce((SELECT value FROM datesync.setting WHERE key = 'timezone'), 'UTC');
+    today date := (now() AT TIME ZONE zone)::date;
+BEGIN
+    IF NEW.start_date IS NULL THEN
+        RAISE EXCEPTION 'start_date is required' USING ERRCODE = 'not_null_violation', DETAIL = 'start_date';
+    END IF;
+    IF NEW.end_date IS NULL THEN
+        RAISE EXCEPTION 'end_date is required' USING ERRCODE = 'not_null_violation', DETAIL = 'end_date';
+    END IF;
+    IF NEW.start_date > NEW.end_date THEN
+        RAISE EXCEPTION 'start_date must not be after end_date'
+            USING ERRCODE = 'check_violation', DETAIL = 'start_date';
+    END IF;
+    IF NEW.end_date - NEW.start_date + 1 > max_days THEN
+        RAISE EXCEPTION 'the range is % days; the limit is % days', NEW.end_date - NEW.start_date + 1, max_days
+            USING ERRCODE = 'check_violation', DETAIL = 'end_date';
+    END IF;
+    IF NEW.end_date > today THEN
+        RAISE EXCEPTION 'end_date % is in the future (today is % in %)', NEW.end_date, today, zone
+            USING ERRCODE = 'check_violation', DETAIL = 'end_date';
+    END IF;
+    IF NEW.state <> 'queued' OR NEW.started_at IS NOT NULL OR NEW.finished_at IS NOT NULL
+       OR (NEW.queued, NEW.running, NEW.succeeded, NEW.failed, NEW.skipped, NEW.cancelled)
+          IS DISTINCT FROM (0, 0, 0, 0, 0, 0) THEN
+        RAISE EXCEPTION 'a new batch starts queued, with no counts: datesync keeps its state'
+            USING ERRCODE = 'check_violation', DETAIL = 'state';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM datesync.source WHERE name = NEW.source) THEN
+        RAISE EXCEPTION 'unknown source "%"', NEW.source USING ERRCODE = 'check_violation', DETAIL = 'source';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE OR REPLACE TRIGGER batch_validate BEFORE INSERT ON datesync.batch
+    FOR EACH ROW EXECUTE FUNCTION datesync.batch_validate();
+
+-- The range of a batch is fixed once accepted (its tasks were expanded from it); its state, timings and counts
+-- belong to the engine, whose functions mark their writes with datesync.engine_on().
+CREATE OR REPLACE FUNCTION datesync.batch_guard_update() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.start_date <> OLD.start_date OR NEW.end_date <> OLD.end_date OR NEW.source <> OLD.source
+       OR NEW.force <> OLD.force THEN
+        RAISE EXCEPTION 'a batch''s source, range and force cannot change; insert a new batch'
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF OLD.state IN ('succeeded', 'failed', 'cancelled') AND NEW.state <> OLD.state
+       AND NOT (OLD.state IN ('failed', 'cancelled') AND NEW.state = 'running') THEN
+        RAISE EXCEPTION 'batch % is %; it cannot become %', OLD.id, OLD.state, NEW.state
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF NEW.cancel_requested AND NOT OLD.cancel_requested AND OLD.state IN ('succeeded', 'failed', 'cancelled') THEN
+        RAISE EXCEPTION 'batch % has already ended (%)', OLD.id, OLD.state USING ERRCODE = 'check_violation';
+    END IF;
+    -- State, timings and counts belong to the engine: its functions run with datesync.engine = on, and the
+    -- counters are kept by a trigger (one level deeper). An operator's UPDATE may set cancel_requested only.
+    IF pg_trigger_depth() = 1 AND current_setting('datesync.engine', true) IS DISTINCT FROM 'on'
+       AND (NEW.state, NEW.started_at, NEW.finished_at, NEW.queued, NEW.running, NEW.succeeded, NEW.failed,
+            NEW.skipped, NEW.cancelled)
+           IS DISTINCT FROM (OLD.state, OLD.started_at, OLD.finished_at, OLD.queued, OLD.running, OLD.succeeded,
+                             OLD.failed, OLD.skipped, OLD.cancelled) THEN
+        RAISE EXCEPTION 'a batch''s state and counts are kept by datesync; to stop a batch, set cancel_requested'
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE OR REPLACE TRIGGER batch_guard_update BEFORE UPDATE ON datesync.batch
+    FOR EACH ROW EXECUTE FUNCTION datesync.batch_guard_update();
+
+-- A new batch, or a cancel request, wakes the daemons. The payload is a hint; daemons rescan the tables.
+CREATE OR REPLACE FUNCTION datesync.batch_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('datesync_batch', NEW.id::text);
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER batch_notify_insert AFTER INSERT ON datesync.batch
+    FOR EACH ROW EXECUTE FUNCTION datesync.batch_notify();
+CREATE OR REPLACE TRIGGER batch_notify_cancel AFTER UPDATE OF cancel_requested ON datesync.batch
+    FOR EACH ROW WHEN (NEW.cancel_requested AND NOT OLD.cancel_requested)
+    EXECUTE FUNCTION datesync.batch_notify();
+
+-- Every batch, psql-inserted ones too, starts its event log with a "queued" event.
+CREATE OR REPLACE FUNCTION datesync.batch_event_queued() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO datesync.event (batch_id, kind, state, data)
+    VALUES (NEW.id, 'batch', 'queued',
+            jsonb_build_object('source', NEW.source, 'start_date', NEW.start_date, 'end_date', NEW.end_date,
+                               'days', NEW.days, 'force', NEW.force));
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER batch_event_queued AFTER INSERT ON datesync.batch
+    FOR EACH ROW EXECUTE FUNCTION datesync.batch_event_queued();
+
+-- Expansion alone, without a claim (the benchmark's expansion measure and tests use it).
+CREATE OR REPLACE FUNCTION datesync.batch_expand(p_max_attempts integer)
+RETURNS TABLE (id bigint, source text, days integer, tasks bigint)
+LANGUAGE sql AS $$
+    SELECT e.id, e.source, e.days, e.tasks
+    FROM datesync.batch_expand_claim(p_max_attempts, NULL, 0, 0, '{}') e
+    WHERE e.kind = 'expanded';
+$$;
+
+-- Cancel a batch that was never expanded (its cancel was requested).
+CREATE OR REPLACE FUNCTION datesync.batch_cancel_unexpanded(p_id bigint) RETURNS SETOF bigint
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM datesync.engine_on();
+    RETURN QUERY UPDATE datesync.batch SET state = 'cancelled', finished_at = now()
+        WHERE id = p_id AND state = 'queued' AND cancel_requested
+        RETURNING id;
+    PERFORM datesync.engine_off();
+END $$;
+
+-- Requeue a finished batch's failed (and, for a cancelled batch, cancelled) dates; the batch runs again. Task
+-- rows are changed before the batch row, the lock order every transaction follows.
+CREATE OR REPLACE FUNCTION datesync.batch_requeue_failed(p_id bigint) RETURNS TABLE (id bigint, requeued bigint)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM datesync.engine_on();
+    RETURN QUERY WITH t AS (
+        UPDATE datesync.task t
+        SET state = 'queued', attempt = 0, run_after = now(), error = NULL, finished_at = NULL
+        WHERE t.batch_id = p_id AND t.state IN ('failed', 'cancelled')
+          AND EXISTS (SELECT 1 FROM datesync.batch b WHERE b.id = p_id AND b.state IN ('failed', 'cancelled'))
+        RETURNING t.id
+    ), b AS (
+        UPDATE datesync.batch SET state = 'running', cancel_requested = false, finished_at = NULL
+        WHERE batch.id = p_id AND state IN ('failed', 'cancelled') AND EXISTS (SELECT 1 FROM t)
+        RETURNING batch.id
+    )
+    SELECT b.id, (SELECT count(*) FROM t) FROM b;
+    PERFORM datesync.engine_off();
+END $$;
+
+-- End the given running batches that have nothing queued or running; log their final event. Returns them.
+CREATE OR REPLACE FUNCTION datesync.batch_end_settled(p_ids bigint[])
+RETURNS TABLE (id bigint, state text, days integer, succeeded integer, failed integer, skipped integer,
+               cancelled integer)
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+AS $$
+#variable_conflict use_column
+DECLARE
+    ended datesync.batch[];
+BEGIN
+    PERFORM datesync.engine_on();
+    WITH e AS (
+        UPDATE datesync.batch b
+        SET state = CASE WHEN b.cancel_requested THEN 'cancelled'
+                         WHEN b.failed > 0 THEN 'failed'
+                         ELSE 'succeeded' END::datesync.batch_state,
+            finished_at = now()
+        WHERE b.id IN (SELECT x.id FROM datesync.batch x
+                       WHERE x.id = ANY(p_ids) AND x.state = 'running' AND x.queued = 0 AND x.running = 0
+                       ORDER BY x.id FOR UPDATE SKIP LOCKED)
+        RETURNING b.*
+    )
+    SELECT array_agg(e ORDER BY e.id) INTO ended FROM e;
+    PERFORM datesync.engine_off();
+    IF ended IS NULL THEN
+        RETURN;
+    END IF;
+    INSERT INTO datesync.event (batch_id, kind, state, data)
+    SELECT x.id, 'batch', x.state::text,
+           jsonb_build_object('final', true, 'days', x.days, 'succeeded', x.succeeded, 'failed', x.failed,
+                              'skipped', x.skipped, 'cancelled', x.cancelled)
+    FROM unnest(ended) x ORDER BY x.id;
+    RETURN QUERY SELECT x.id, x.state::text, x.days, x.succeeded, x.failed, x.skipped, x.cancelled
+                 FROM unnest(ended) x;
+END $$;
+
+-- A batch request from the API as one statement: dedupe, Idempotency-Key and insert, race-free.
+-- Called on its own (no explicit transaction), the implicit transaction commits inside the server right after
+-- the INSERT, whose trigger writes the batch's first event and takes the event lock: as one statement, no client
+-- round trip sits between that lock and the commit. Identical requests (source, range, force) and requests with
+-- the same key are serialised by advisory locks, taken body first, then key, so there is no lock cycle. In READ
+-- COMMITTED each statement of a VOLATILE function takes a new snapshot, so the look-ups after the locks see every
+-- batch committed while we waited. A key is remembered with the batch it was answered with (request_key), also
+-- when the request was de-duplicated onto another batch.
+CREATE OR REPLACE FUNCTION datesync.batch_request(
+    p_source text, p_start date, p_end date, p_force boolean, p_key text, p_requested_by text
+) RETURNS TABLE (batch_id bigint, days integer, outcome text) LANGUAGE plpgsql VOLATILE
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    found bigint;
+BEGIN
+    PERFORM pg_advisory_xact_lock(7355609, hashtext(concat_ws('|', p_source, p_start, p_end, p_force)));
+    PERFORM pg_advisory_xact_lock(7355610, hashtext(p_key));  -- strict: a NULL key takes no lock
+    IF p_key IS NOT NULL THEN
+        SELECT coalesce((SELECT k.batch_id FROM datesync.request_key k WHERE k.key = p_key),
+                        (SELECT b.id FROM datesync.batch b WHERE b.idempotency_key = p_key)) INTO found;
+        IF found IS NOT NULL THEN
+            RETURN QUERY SELECT b.id, b.days, 'replayed' FROM datesync.batch b WHERE b.id = found;
+            RETURN;
+        END IF;
+    END IF;
+    SELECT b.id INTO found FROM datesync.batch b
+    WHERE b.source = p_source AND b.start_date = p_start AND b.end_date = p_end AND b.force = p_force
+      AND b.state IN ('queued', 'running') AND NOT b.cancel_requested
+    ORDER BY b.id DESC LIMIT 1;
+    IF found IS NOT NULL THEN
+        IF p_key IS NOT NULL THEN
+            INSERT INTO datesync.request_key (key, batch_id) VALUES (p_key, found) ON CONFLICT (key) DO NOTHING;
+        END IF;
+        RETURN QUERY SELECT b.id, b.days, 'duplicate' FROM datesync.batch b WHERE b.id = found;
+        RETURN;
+    END IF;
+    -- Last: batch_validate checks it (raising check_violation with the field in DETAIL), batch_event_queued
+    -- writes its event and batch_notify wakes the daemons, all committed together.
+    RETURN QUERY
+    INSERT INTO datesync.batch AS b (source, start_date, end_date, force, idempotency_key, requested_by)
+    VALUES (p_source, p_start, p_end, p_force, p_key, p_requested_by)
+    RETURNING b.id, b.days, 'created';
+END $$;
+
+-- Expand the oldest queued batch into one task per date and claim up to p_claim_limit dates (of any batch, the
+-- new one's first in line) for p_worker, in one transaction. Returns the claimed rows as task_finish does, then
+-- one row of kind 'expanded' with the batch's days and tasks made; nothing when no batch is queued. The lock
+-- order is the usual one but for the new batch's row, locked first: no other transaction can reach that row
+-- through a task (its tasks are not visible before this commits), so holding it while the claim waits (on
+-- another daemon's claim of the same date) closes no cycle.
+CREATE OR REPLACE FUNCTION datesync.batch_expand_claim(p_max_attempts integer, p_worker text, p_claim_limit integer,
+                                            p_lease float8, p_sources text[])
+RETURNS TABLE (kind text, id bigint, batch_id bigint, source text, day date, state text, attempt integer,
+               max_attempts integer, batch_state text, batch_created_at timestamptz, days integer, tasks bigint)
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+AS $$
+#variable_conflict use_column
+DECLARE
+    b RECORD;
+    made bigint;
+BEGIN
+    PERFORM datesync.engine_on();
+    SELECT x.id INTO b FROM datesync.batch x
+    WHERE x.state = 'queued' AND NOT x.cancel_requested
+    ORDER BY x.id LIMIT 1 FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        PERFORM datesync.engine_off();
+        RETURN;
+    END IF;
+    UPDATE datesync.batch x SET state = 'running', started_at = now() WHERE x.id = b.id
+    RETURNING x.id, x.source, x.start_date, x.end_date, x.force, x.days, x.created_at INTO b;
+    INSERT INTO datesync.task (batch_id, source, day, force, max_attempts)
+    SELECT b.id, b.source, d::date, b.force, p_max_attempts
+    FROM generate_series(b.start_date, b.end_date, interval '1 day') AS d;
+    GET DIAGNOSTICS made = ROW_COUNT;
+    -- Wake the other daemons now that there are dates to share: the insert's NOTIFY may have reached them before
+    -- this expansion committed, when there was nothing to claim yet.
+    PERFORM pg_notify('datesync_batch', b.id::text);
+    PERFORM datesync.engine_off();
+    RETURN QUERY
+        SELECT f.*, NULL::integer, NULL::bigint
+        FROM datesync.task_finish(p_worker, '{}', '{}', '{}', '{}', '{}', '{}', '{}', p_claim_limit, p_lease,
+                                  p_sources, b.id) f;
+    RETURN QUERY SELECT 'expanded', b.id, b.id, b.source, NULL::date, 'running', NULL::integer, NULL::integer,
+                        NULL::text, b.created_at, b.days, made;
+END $$;
