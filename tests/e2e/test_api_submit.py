@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 
 from daemon.db.connect import connect
 from daemon.db.dsn import with_database
+from daemon.ops.validation import MIN_DATE
 from daemon.settings import Settings
 from tests.support.server import Live, live_server
-from web.api.validation import MIN_DATE
 
 # UTC-12: "today" there is often yesterday in UTC, so the zone visibly decides what is in the future.
 ZONE = "Etc/GMT+12"

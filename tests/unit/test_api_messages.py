@@ -16,11 +16,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 from structlog.testing import capture_logs
 
+from daemon.ops.messages import MESSAGES, preferred, text
+from daemon.ops.problems import OperationError, problem
 from web.api import EXCEPTION_HANDLERS
 from web.api.auth import token_matches
-from web.api.envelope import ApiError, Envelope, problem
+from web.api.envelope import Envelope
 from web.api.errors import Guard
-from web.api.i18n import MESSAGES, preferred, text
 from web.api.middleware import BodyLimit
 
 
@@ -48,7 +49,7 @@ def test_the_contract_wording() -> None:
 
 
 def test_error_bodies_name_fields_and_escape_what_utf8_cannot_hold() -> None:
-    error = ApiError(422, [problem("start_date", "field_required", field="start_date")])
+    error = OperationError(422, [problem("start_date", "field_required", field="start_date")])
     assert error.body("en") == {"status": "error", "message": "start_date is required",
                                 "errors": [{"field": "start_date", "message": "start_date is required"}]}
     rendered = Envelope({"status": "error", "message": "bad \ud800 text"}).body

@@ -10,26 +10,26 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from web.api.envelope import ApiError
+from daemon.ops.problems import OperationError
+from daemon.ops.validation import MIN_DATE, BatchRequest, Limits, idempotency_key, parse_json_object, validate_batch
 from web.api.params import batch_id
-from web.api.validation import MIN_DATE, BatchRequest, Limits, idempotency_key, parse_json_object, validate_batch
 
 TODAY = datetime.date(2025, 10, 10)
 LIMITS = Limits(TODAY, "Asia/Shanghai", 31)
 
 
-def refused(body: object, limits: Limits = LIMITS) -> ApiError:
-    with pytest.raises(ApiError) as caught:
+def refused(body: object, limits: Limits = LIMITS) -> OperationError:
+    with pytest.raises(OperationError) as caught:
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
         validate_batch(parse_json_object(raw), limits)
     return caught.value
 
 
-def fields(error: ApiError) -> list[str]:
+def fields(error: OperationError) -> list[str]:
     return [e.field for e in error.errors]
 
 
-def english(error: ApiError) -> list[str]:
+def english(error: OperationError) -> list[str]:
     return [e.msg.render("en") for e in error.errors]
 
 
@@ -145,14 +145,14 @@ def test_idempotency_key_header() -> None:
     assert idempotency_key(None) is None
     assert idempotency_key("  abc-123 ") == "abc-123"
     for bad in ("", "   ", "a" * 256, "caf\u00e9", "a\x00b"):
-        with pytest.raises(ApiError) as caught:
+        with pytest.raises(OperationError) as caught:
             idempotency_key(bad)
         assert caught.value.status == 422 and fields(caught.value) == ["Idempotency-Key"]
 
 
 @pytest.mark.parametrize("raw", ["abc", "-1", "0", "1.5", "9223372036854775808", "99999999999999999999", "１"])
 def test_path_ids_that_cannot_be_a_batch_are_not_found(raw: str) -> None:
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(OperationError) as caught:
         batch_id(raw)
     assert caught.value.status == 404 and fields(caught.value) == ["id"]
     assert batch_id("9223372036854775807") == 2**63 - 1

@@ -6,7 +6,7 @@ import hmac
 
 from starlette.requests import Request
 
-from web.api.envelope import ApiError, problem
+from daemon.ops.problems import OperationError, problem
 from web.state import AppState
 
 
@@ -24,5 +24,5 @@ def require_token(request: Request) -> None:
     state: AppState = request.app.state.datesync
     expected = state.settings.api_token
     if expected and not token_matches(expected, request.headers.get("authorization")):
-        raise ApiError(401, [problem("Authorization", "unauthorized")],
+        raise OperationError(401, [problem("Authorization", "unauthorized")],
                        headers={"WWW-Authenticate": 'Bearer realm="datesync"'})

@@ -10,10 +10,11 @@ from starlette.responses import Response
 
 from daemon.db.connect import Conn
 from daemon.db.queries import q
-from web.api import present
+from daemon.ops import present
+from daemon.ops.messages import preferred
+from daemon.ops.problems import Msg, OperationError, problem
 from web.api.auth import require_token
-from web.api.envelope import ApiError, Msg, problem, success
-from web.api.i18n import preferred
+from web.api.envelope import success
 from web.api.params import Query, batch_id
 from web.state import AppState
 
@@ -56,7 +57,7 @@ async def cancel_batch(request: Request) -> Response:
         updated = await conn.fetchrow(q("batch_request_cancel"), wanted)
         batch = await _batch_or_404(conn, wanted)
     if updated is None:
-        raise ApiError(409, [problem("id", "batch_ended", id=wanted, state=batch["state"])])
+        raise OperationError(409, [problem("id", "batch_ended", id=wanted, state=batch["state"])])
     log.info("batch_cancel_requested", batch_id=wanted)
     if state.wake_daemon is not None:
         state.wake_daemon()
@@ -79,7 +80,7 @@ async def retry_batch(request: Request) -> Response:
         batch = await _batch_or_404(conn, wanted)
     if retried is None:
         key = "retry_unfinished" if batch["state"] in UNFINISHED else "retry_nothing"
-        raise ApiError(409, [problem("id", key, id=wanted, state=batch["state"])])
+        raise OperationError(409, [problem("id", key, id=wanted, state=batch["state"])])
     log.info("batch_retry_requested", batch_id=wanted, requeued=retried["requeued"])
     if state.wake_daemon is not None:
         state.wake_daemon()
@@ -91,5 +92,5 @@ async def retry_batch(request: Request) -> Response:
 async def _batch_or_404(conn: Conn, wanted: int) -> dict[str, Any]:
     row = await conn.fetchrow(q("batch_get"), wanted)
     if row is None:
-        raise ApiError(404, [problem("id", "batch_not_found", id=wanted)])
+        raise OperationError(404, [problem("id", "batch_not_found", id=wanted)])
     return present.batch(row)

@@ -1,4 +1,4 @@
-"""Every failure becomes an error envelope: ApiError and Starlette's HTTPException as themselves, anything
+"""Every failure becomes an error envelope: OperationError and Starlette's HTTPException as themselves, anything
 else (a bug, the database gone) as a 500/503 without details, logged. Never a traceback to the client."""
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from daemon.db.connect import CONNECT_ERRORS
-from web.api.envelope import ApiError, Msg, failure
-from web.api.i18n import Lang, preferred
+from daemon.ops.messages import Lang, preferred
+from daemon.ops.problems import Msg, OperationError
+from web.api.envelope import failure
 
 log = structlog.get_logger("datesync.web")
 
@@ -24,7 +25,7 @@ def _lang(headers: Mapping[str, str]) -> Lang:
 
 
 async def api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
+    assert isinstance(exc, OperationError)
     return failure(exc, _lang(request.headers))
 
 
@@ -33,11 +34,12 @@ async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     params = {"method": request.method, "path": request.url.path, "status": exc.status_code}
     key = {404: "route_not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return failure(ApiError(exc.status_code, message=Msg(key, params), headers=exc.headers), _lang(request.headers))
+    error = OperationError(exc.status_code, message=Msg(key, params), headers=exc.headers)
+    return failure(error, _lang(request.headers))
 
 
 EXCEPTION_HANDLERS: dict[Any, Callable[[Request, Exception], Any]] = {
-    ApiError: api_error,
+    OperationError: api_error,
     HTTPException: http_error,
 }
 
@@ -71,5 +73,5 @@ class Guard:
                 raise
             status, key = (503, "database_unavailable") if isinstance(exc, CONNECT_ERRORS) else (500, "internal_error")
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
-            response = failure(ApiError(status, message=Msg(key)), _lang(headers))
+            response = failure(OperationError(status, message=Msg(key)), _lang(headers))
             await response(scope, receive, send)

@@ -8,22 +8,23 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from daemon.ops.messages import preferred
+from daemon.ops.problems import OperationError, problem, shown
 from daemon.settings import Settings
-from web.api.envelope import ApiError, failure, problem, shown
+from web.api.envelope import failure
 from web.api.errors import Guard
-from web.api.i18n import preferred
 
 MAX_BODY = 64 * 1024
 CORS_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", "Accept-Language"]
 
 
-def too_large(limit: int) -> ApiError:
-    return ApiError(413, [problem("body", "body_too_large", limit=limit)])
+def too_large(limit: int) -> OperationError:
+    return OperationError(413, [problem("body", "body_too_large", limit=limit)])
 
 
 class BodyLimit:
     """Refuse a body over `limit` bytes with 413: at once from Content-Length, or while a chunked one streams
-    in (the ApiError raised from receive() reaches the API's exception handler)."""
+    in (the OperationError raised from receive() reaches the API's exception handler)."""
 
     def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
         self.app = app
@@ -75,7 +76,7 @@ class CrossSiteGuard:
             site = (headers.get("sec-fetch-site") or "none").strip().lower()
             origin = headers.get("origin")
             if site not in ("same-origin", "none") and origin not in self.allowed:
-                error = ApiError(403, [problem("Origin", "cross_site", origin=shown(origin or site))])
+                error = OperationError(403, [problem("Origin", "cross_site", origin=shown(origin or site))])
                 await failure(error, preferred(headers.get("accept-language")))(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 from starlette.datastructures import QueryParams
 
-from web.api.envelope import ApiError, FieldError, problem, shown
-from web.api.validation import parse_date
+from daemon.ops.problems import FieldError, OperationError, problem, shown
+from daemon.ops.validation import parse_date
 
 MAX_LIMIT = 500
 MAX_OFFSET = 1_000_000_000
@@ -68,12 +68,12 @@ class Query:
 
     def check(self) -> None:
         if self.errors:
-            raise ApiError(422, self.errors)
+            raise OperationError(422, self.errors)
 
 
 def batch_id(raw: str) -> int:
     """A batch id from the path; anything that cannot be one is simply not found (404)."""
     value = int(raw) if _WHOLE.fullmatch(raw) else 0
     if not 1 <= value <= _BIGINT_MAX:
-        raise ApiError(404, [problem("id", "batch_not_found", id=shown(raw))])
+        raise OperationError(404, [problem("id", "batch_not_found", id=shown(raw))])
     return value

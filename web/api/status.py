@@ -6,10 +6,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from daemon.db.queries import q
-from web.api import present
-from web.api.envelope import problem, success
+from daemon.ops import present
+from daemon.ops.problems import problem
+from daemon.ops.validation import SOURCE_NAME
+from web.api.envelope import success
 from web.api.params import Query
-from web.api.validation import SOURCE_NAME
 from web.state import AppState
 
 DAY_STATUSES = ("running", "success", "failed")

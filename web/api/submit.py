@@ -18,11 +18,19 @@ from starlette.responses import Response
 
 from daemon.db.connect import Conn
 from daemon.db.queries import q
-from web.api import present
+from daemon.ops import present
+from daemon.ops.messages import Lang, preferred, text
+from daemon.ops.problems import Msg, OperationError, problem, shown
+from daemon.ops.validation import (
+    ALLOWED_FIELDS,
+    BatchRequest,
+    Limits,
+    idempotency_key,
+    parse_json_object,
+    validate_batch,
+)
 from web.api.auth import require_token
-from web.api.envelope import ApiError, Msg, problem, shown, success
-from web.api.i18n import Lang, preferred, text
-from web.api.validation import ALLOWED_FIELDS, BatchRequest, Limits, idempotency_key, parse_json_object, validate_batch
+from web.api.envelope import success
 from web.state import AppState
 
 log = structlog.get_logger("datesync.web")
@@ -101,12 +109,12 @@ async def _accept(state: AppState, wanted: BatchRequest, key: str | None) -> Acc
         return Accepted(await _batch(conn, row["batch_id"]), row["outcome"])
 
 
-def _refused_by_database(exc: asyncpg.PostgresError, wanted: BatchRequest) -> ApiError:
+def _refused_by_database(exc: asyncpg.PostgresError, wanted: BatchRequest) -> OperationError:
     """datesync.batch_validate() names the field in DETAIL; its wording is the API's own."""
     field = exc.detail if exc.detail in ALLOWED_FIELDS else "body"
     if field == "source":
-        return ApiError(422, [problem("source", "source_unknown", value=shown(wanted.source))])
-    return ApiError(422, [problem(field, "verbatim", text=exc.message or type(exc).__name__)])
+        return OperationError(422, [problem("source", "source_unknown", value=shown(wanted.source))])
+    return OperationError(422, [problem(field, "verbatim", text=exc.message or type(exc).__name__)])
 
 
 async def _batch(conn: Conn, batch_id: int) -> dict[str, Any]:
@@ -118,7 +126,7 @@ async def _batch(conn: Conn, batch_id: int) -> dict[str, Any]:
 async def _dry_run(state: AppState, wanted: BatchRequest, lang: Lang) -> Response:
     async with state.pool.acquire() as conn:
         if not await conn.fetchval(q("source_known"), wanted.source):
-            raise ApiError(422, [problem("source", "source_unknown", value=shown(wanted.source))])
+            raise OperationError(422, [problem("source", "source_unknown", value=shown(wanted.source))])
         rows = await conn.fetch(q("day_plan_for_range"), wanted.source, wanted.start_date, wanted.end_date)
     plan = [{"day": r["day"], "action": "skip" if r["status"] == "success" and not wanted.force else "run",
              "status": r["status"]} for r in rows]

@@ -11,7 +11,7 @@ import json
 import re
 from typing import Any
 
-from web.api.envelope import ApiError, FieldError, Msg, problem, shown
+from daemon.ops.problems import FieldError, Msg, OperationError, problem, shown
 
 ALLOWED_FIELDS = ("start_date", "end_date", "force", "source", "dry_run")
 # Exactly YYYY-MM-DD in ASCII digits (`\d` would also take other scripts' digits).
@@ -50,11 +50,11 @@ class Limits:
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     """The body as a JSON object, or a 400 naming `body`. NaN/Infinity and duplicate keys are refused."""
     if not raw.strip():
-        raise ApiError(400, [problem("body", "body_empty")])
+        raise OperationError(400, [problem("body", "body_empty")])
     try:
         decoded = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise ApiError(400, [problem("body", "body_not_utf8")]) from None
+        raise OperationError(400, [problem("body", "body_not_utf8")]) from None
     duplicates: list[str] = []
 
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -71,13 +71,14 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     try:
         value = json.loads(decoded, object_pairs_hook=pairs, parse_constant=constant)
     except json.JSONDecodeError as exc:
-        raise ApiError(400, [problem("body", "body_invalid_json", line=exc.lineno, column=exc.colno)]) from None
+        raise OperationError(400, [problem("body", "body_invalid_json", line=exc.lineno, column=exc.colno)]) from None
     except (ValueError, RecursionError):  # NaN, a 5000-digit number, [[[[...]]]] nested thousands deep
-        raise ApiError(400, [problem("body", "body_unreadable_json")]) from None
+        raise OperationError(400, [problem("body", "body_unreadable_json")]) from None
     if not isinstance(value, dict):
-        raise ApiError(400, [problem("body", "body_not_object", kind=_json_kind(value))])
+        raise OperationError(400, [problem("body", "body_not_object", kind=_json_kind(value))])
     if duplicates:
-        raise ApiError(422, [problem(shown(d), "field_duplicate", field=shown(d)) for d in dict.fromkeys(duplicates)])
+        raise OperationError(422, [problem(shown(d), "field_duplicate", field=shown(d))
+                                   for d in dict.fromkeys(duplicates)])
     return value
 
 
@@ -139,7 +140,7 @@ def validate_batch(body: dict[str, Any], limits: Limits) -> BatchRequest:
     if isinstance(start, datetime.date) and isinstance(end, datetime.date):
         errors += _range_problems(start, end, limits)
     if errors:
-        raise ApiError(422, errors)
+        raise OperationError(422, errors)
     assert isinstance(start, datetime.date) and isinstance(end, datetime.date)
     return BatchRequest(start, end, force, source, dry_run)
 
@@ -164,5 +165,5 @@ def idempotency_key(header: str | None) -> str | None:
         return None
     key = header.strip()
     if not _IDEMPOTENCY_KEY.fullmatch(key):
-        raise ApiError(422, [FieldError("Idempotency-Key", Msg("idempotency_key"))])
+        raise OperationError(422, [FieldError("Idempotency-Key", Msg("idempotency_key"))])
     return key
