@@ -61,11 +61,19 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "end_date {value} is in the future (today is {today} in {zone})",
         "end_date {value} 是未来的日期（{zone} 时区的今天是 {today}）",
     ),
+    "range_future": (
+        "{field} {value} is in the future (today is {today} in {zone})",
+        "{field} {value} 是未来的日期（{zone} 时区的今天是 {today}）",
+    ),
     "source_type": ("source must be a string naming a configured source", "source 必须是字符串，表示已配置的数据源"),
     "source_unknown": ('unknown source "{value}"', '未知的数据源 "{value}"'),
     "idempotency_key": (
         "Idempotency-Key must be 1 to 255 printable ASCII characters",
         "Idempotency-Key 必须是 1 到 255 个可打印的 ASCII 字符",
+    ),
+    "idempotency_key_reused": (
+        "Idempotency-Key {value} was already used for batch {id} with another body; use a new key for another request",
+        "Idempotency-Key {value} 已用于另一请求体的批量任务 {id}；不同的请求请使用新的键",
     ),
     # query parameters
     "param_int": ("{field} must be a whole number from {low} to {high}", "{field} 必须是 {low} 到 {high} 之间的整数"),

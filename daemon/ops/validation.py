@@ -1,6 +1,5 @@
-"""Strict validation of a batch request body; pure (no database), so unit tests cover every rule.
-
-The source's existence is the one check that needs the database; web.api.submit does it.
+"""Strict validation of what users send (a batch request, a range of dates, a source name); pure (no database), so
+unit tests cover every rule. The source's existence is the one check that needs the database (daemon.ops).
 """
 
 from __future__ import annotations
@@ -167,3 +166,23 @@ def idempotency_key(header: str | None) -> str | None:
     if not _IDEMPOTENCY_KEY.fullmatch(key):
         raise OperationError(422, [FieldError("Idempotency-Key", Msg("idempotency_key"))])
     return key
+
+
+def check_source(value: str) -> FieldError | None:
+    """The problem with a source name that no source can have, or None."""
+    return None if SOURCE_NAME.fullmatch(value) else problem("source", "source_unknown", value=shown(value))
+
+
+def span_problems(first: datetime.date | None, last: datetime.date | None, limits: Limits, *,
+                  past_only: bool) -> list[FieldError]:
+    """What is wrong with a `from`..`to` range of dates to read: reversed, and (with `past_only`, for ranges that
+    may become batches) reaching past today or longer than a batch may be."""
+    if first is not None and last is not None and first > last:
+        return [problem("from", "param_from_after_to")]
+    found = []
+    if past_only and last is not None and last > limits.today:
+        found.append(problem("to", "range_future", field="to", value=last.isoformat(),
+                             today=limits.today.isoformat(), zone=limits.zone))
+    elif past_only and first is not None and last is not None and (last - first).days + 1 > limits.max_range_days:
+        found.append(problem("to", "range_too_long", days=(last - first).days + 1, limit=limits.max_range_days))
+    return found

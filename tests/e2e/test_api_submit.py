@@ -298,7 +298,9 @@ async def test_concurrent_identical_requests_make_exactly_one_batch(live: Live, 
     assert await db.fetchval("SELECT count(*) FROM datesync.batch") == 1
 
 
-async def test_a_repeated_idempotency_key_returns_the_first_batch(live: Live, db: asyncpg.Connection) -> None:
+async def test_a_repeated_idempotency_key_returns_the_first_batch_and_refuses_another_body(
+    live: Live, db: asyncpg.Connection
+) -> None:
     async with httpx.AsyncClient(base_url=live.api) as client:
         first = await client.post("/sync/batch", json=GOOD, headers={"Idempotency-Key": "order-1"})
         # End it as the engine does: a cancel request, then the daemon's cancel of a batch never expanded.
@@ -310,23 +312,27 @@ async def test_a_repeated_idempotency_key_returns_the_first_batch(live: Live, db
                                        headers={"Idempotency-Key": "order-1"})
         bad_key = await client.post("/sync/batch", json=GOOD, headers={"Idempotency-Key": "x" * 300})
     assert first.status_code == 202
-    for answer in (replay, other_body):
-        assert answer.status_code == 200, answer.text
-        assert answer.json()["data"]["batch_id"] == first.json()["data"]["batch_id"]
-        assert answer.json()["data"]["deduplicated"] is True
+    assert replay.status_code == 200, replay.text
+    assert replay.json()["data"]["batch_id"] == first.json()["data"]["batch_id"]
+    assert replay.json()["data"]["deduplicated"] is True
+    # The same key with another body is the client's mistake, not a retry: refused, naming the key and its batch.
+    assert_error(other_body, 422, "Idempotency-Key")
+    batch_id = first.json()["data"]["batch_id"]
+    assert other_body.json()["message"] == (f"Idempotency-Key order-1 was already used for batch {batch_id} with "
+                                            "another body; use a new key for another request")
     assert_error(bad_key, 422, "Idempotency-Key")
     assert await db.fetchval("SELECT count(*) FROM datesync.batch") == 1
 
 
-async def test_concurrent_requests_with_one_key_and_different_bodies_make_one_batch(
+async def test_concurrent_requests_with_one_key_and_different_bodies_make_one_batch_and_refuse_the_rest(
     live: Live, db: asyncpg.Connection
 ) -> None:
     bodies = [{"start_date": f"2025-09-{d:02d}", "end_date": "2025-09-30"} for d in range(1, 13)]
     async with httpx.AsyncClient(base_url=live.api) as client:
         answers = await asyncio.gather(*(client.post("/sync/batch", json=b, headers={"Idempotency-Key": "k"})
                                          for b in bodies))
-    assert sorted(a.status_code for a in answers) == [200] * 11 + [202]
-    assert len({a.json()["data"]["batch_id"] for a in answers}) == 1
+    assert sorted(a.status_code for a in answers) == [202] + [422] * 11
+    assert all(a.json()["errors"][0]["field"] == "Idempotency-Key" for a in answers if a.status_code == 422)
     assert await db.fetchval("SELECT count(*) FROM datesync.batch") == 1
 
 

@@ -58,12 +58,12 @@ async def test_the_api_lists_missing_and_failed_dates_and_their_ranges(dsn: str,
 @pytest.mark.parametrize(
     ("params", "field", "message"),
     [
-        ({"from": "2025-5-1", "to": "2025-05-10"}, "from", "from must be a real date written YYYY-MM-DD"),
-        ({"from": "2025-05-01", "to": "2025-02-30"}, "to", "to must be a real date written YYYY-MM-DD"),
+        ({"from": "2025-5-1", "to": "2025-05-10"}, "from", "from must be a date written YYYY-MM-DD"),
+        ({"from": "2025-05-01", "to": "2025-02-30"}, "to", "to 2025-02-30 is not a real calendar date"),
         ({"from": "2025-05-10", "to": "2025-05-01"}, "from", "from must not be after to"),
         ({"from": "2000-01-01", "to": "2025-05-01"}, "to", "the range is 9253 days; the limit is 3660 days"),
         ({"from": "2025-05-01", "to": "2999-01-01"}, "to", "to 2999-01-01 is in the future"),
-        ({"from": "2025-05-01", "to": "2025-05-02", "source": "Nope!"}, "source", "source must be a source name"),
+        ({"from": "2025-05-01", "to": "2025-05-02", "source": "Nope!"}, "source", 'unknown source "Nope!"'),
         ({"from": "2025-05-01", "to": "2025-05-02", "source": "nope"}, "source", 'unknown source "nope"'),
     ],
 )

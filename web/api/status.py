@@ -6,11 +6,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from daemon.db.queries import q
-from daemon.ops import present
-from daemon.ops.problems import problem
+from daemon.ops import ledger
 from daemon.ops.validation import SOURCE_NAME
 from web.api.envelope import success
 from web.api.params import Query
+from web.api.submit import limits
 from web.state import AppState
 
 DAY_STATUSES = ("running", "success", "failed")
@@ -23,21 +23,12 @@ async def summary(request: Request) -> Response:
     status = query.choice("status", DAY_STATUSES)
     source = query.text("source", SOURCE_NAME)
     limit, offset = query.page(default_limit=100)
-    if first and last and first > last:
-        query.errors.append(problem("from", "param_from_after_to"))
     query.check()
     state: AppState = request.app.state.datesync
     async with state.pool.acquire() as conn:
-        cards = await conn.fetchrow(q("status_cards_get"), source)
-        rows = await conn.fetch(q("day_list_filtered"), source, first, last, status, limit, offset)
-        total = await conn.fetchval(q("day_count_filtered"), source, first, last, status)
-    return success({
-        "cards": dict(cards) if cards else {},
-        "records": [present.day(r) for r in rows],
-        "total": total,
-        "limit": limit,
-        "offset": offset,
-    })
+        found = await ledger.summary(conn, source=source, first=first, last=last, status=status, limit=limit,
+                                     offset=offset, limits=limits(state))
+    return success(found)
 
 
 async def sources(request: Request) -> Response:

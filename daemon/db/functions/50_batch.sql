@@ -201,7 +201,12 @@ BEGIN
         SELECT coalesce((SELECT k.batch_id FROM datesync.request_key k WHERE k.key = p_key),
                         (SELECT b.id FROM datesync.batch b WHERE b.idempotency_key = p_key)) INTO found;
         IF found IS NOT NULL THEN
-            RETURN QUERY SELECT b.id, b.days, 'replayed' FROM datesync.batch b WHERE b.id = found;
+            -- A key answers only the request it was made for: another body with the same key is a client's bug
+            -- (Stripe answers the same), not a retry to replay.
+            RETURN QUERY SELECT b.id, b.days,
+                CASE WHEN (b.source, b.start_date, b.end_date, b.force) = (p_source, p_start, p_end, p_force)
+                     THEN 'replayed' ELSE 'key_conflict' END
+            FROM datesync.batch b WHERE b.id = found;
             RETURN;
         END IF;
     END IF;

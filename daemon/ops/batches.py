@@ -1,0 +1,130 @@
+"""Batch operations: request (or plan) a batch, read one, cancel it, retry it.
+
+Each takes a connection (the API lends one from its pool, the CLI holds its own) and either answers or raises
+OperationError with the status and message keys both adapters render. The daemons' wake-up goes out from the same
+transaction (a trigger's NOTIFY, or batch_wake_daemons), so a psql client, the API and the CLI behave alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import asyncpg
+
+from daemon.db.connect import Conn
+from daemon.db.queries import q
+from daemon.ops import present
+from daemon.ops.problems import Msg, OperationError, problem, shown
+from daemon.ops.validation import ALLOWED_FIELDS, BatchRequest
+
+UNFINISHED = ("queued", "running")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Accepted:
+    """The batch that answers a request: new, an identical unfinished one, or the one its key created."""
+
+    batch: dict[str, Any]
+    how: str  # "created" | "duplicate" | "replayed"
+
+    @property
+    def created(self) -> bool:
+        return self.how == "created"
+
+    @property
+    def message(self) -> Msg:
+        days, batch_id = self.batch["days"], self.batch["id"]
+        return {"created": Msg("batch_started", {"days": days}),
+                "duplicate": Msg("batch_duplicate", {"days": days}),
+                "replayed": Msg("batch_replayed", {"id": batch_id, "days": days})}[self.how]
+
+
+async def request(conn: Conn, wanted: BatchRequest, key: str | None, requested_by: str) -> Accepted:
+    """A new batch, the identical unfinished one, or the batch `key` was answered with, in one statement."""
+    try:
+        # One statement, deliberately outside a transaction: see datesync.batch_request.
+        row = await conn.fetchrow(q("batch_request"), wanted.source, wanted.start_date, wanted.end_date,
+                                  wanted.force, key, requested_by)
+    except asyncpg.UniqueViolationError:
+        # The key was taken by a psql INSERT that did not take our lock; it still names the first batch.
+        found = await conn.fetchval(q("batch_find_by_key"), key)
+        if key is None or found is None:
+            raise
+        return Accepted(await get(conn, found), "replayed")
+    except (asyncpg.CheckViolationError, asyncpg.NotNullViolationError) as exc:
+        # Validation checked everything but the source's existence; the trigger checks it all again.
+        raise _refused_by_database(exc, wanted) from exc
+    assert row is not None
+    if row["outcome"] == "key_conflict":
+        raise OperationError(422, [problem("Idempotency-Key", "idempotency_key_reused", value=shown(key),
+                                           id=row["batch_id"])])
+    if row["outcome"] == "created":
+        return Accepted({"id": row["batch_id"], "days": row["days"], "succeeded": 0, "failed": 0, "skipped": 0},
+                        "created")
+    return Accepted(await get(conn, row["batch_id"]), row["outcome"])
+
+
+def _refused_by_database(exc: asyncpg.PostgresError, wanted: BatchRequest) -> OperationError:
+    """datesync.batch_validate() names the field in DETAIL; its wording is the API's own."""
+    field = exc.detail if exc.detail in ALLOWED_FIELDS else "body"
+    if field == "source":
+        return OperationError(422, [problem("source", "source_unknown", value=shown(wanted.source))])
+    return OperationError(422, [problem(field, "verbatim", text=exc.message or type(exc).__name__)])
+
+
+async def plan(conn: Conn, wanted: BatchRequest) -> dict[str, Any]:
+    """A dry run: each date with what a batch would do with it (run or skip), writing nothing."""
+    await require_source(conn, wanted.source)
+    rows = await conn.fetch(q("day_plan_for_range"), wanted.source, wanted.start_date, wanted.end_date)
+    dates = [{"day": r["day"], "action": "skip" if r["status"] == "success" and not wanted.force else "run",
+              "status": r["status"]} for r in rows]
+    skip = sum(1 for p in dates if p["action"] == "skip")
+    run = len(dates) - skip
+    return {"dry_run": True, "days": len(dates), "run": run, "skip": skip, "plan": dates,
+            "message": Msg("dry_run", {"run": run, "skip": skip, "days": len(dates)})}
+
+
+async def require_source(conn: Conn, source: str) -> None:
+    """Raise 422 naming `source` unless some daemon registered it."""
+    if not await conn.fetchval(q("source_known"), source):
+        raise OperationError(422, [problem("source", "source_unknown", value=shown(source))])
+
+
+async def get(conn: Conn, batch_id: int) -> dict[str, Any]:
+    """One batch with its live counts, or 404."""
+    row = await conn.fetchrow(q("batch_get"), batch_id)
+    if row is None:
+        raise OperationError(404, [problem("id", "batch_not_found", id=batch_id)])
+    return present.batch(row)
+
+
+async def tasks(conn: Conn, batch_id: int) -> list[dict[str, Any]]:
+    """Every date of a batch, in date order."""
+    return [present.task(t) for t in await conn.fetch(q("task_list_for_batch"), batch_id)]
+
+
+async def cancel(conn: Conn, batch_id: int) -> tuple[dict[str, Any], Msg]:
+    """Ask for a batch to be cancelled (the UPDATE's trigger wakes every daemon); 404, or 409 once it has ended."""
+    updated = await conn.fetchrow(q("batch_request_cancel"), batch_id)
+    batch = await get(conn, batch_id)
+    if updated is None:
+        raise OperationError(409, [problem("id", "batch_ended", id=batch_id, state=batch["state"])])
+    return batch, Msg("cancel_requested", {"id": batch_id})
+
+
+async def retry(conn: Conn, batch_id: int) -> tuple[dict[str, Any], int, Msg]:
+    """Requeue a finished batch's failed (and, if it was cancelled, cancelled) dates; 404, or 409 when there is
+    nothing to retry. One transaction: the requeue, the daemons' wake-up, then the event (last: see
+    event_serialize)."""
+    async with conn.transaction():
+        retried = await conn.fetchrow(q("batch_retry"), batch_id)
+        if retried is not None:
+            await conn.execute(q("batch_wake_daemons"), str(batch_id))
+            await conn.execute(q("event_insert_batch"), batch_id, "running", {"retry": retried["requeued"]})
+    batch = await get(conn, batch_id)
+    if retried is None:
+        key = "retry_unfinished" if batch["state"] in UNFINISHED else "retry_nothing"
+        raise OperationError(409, [problem("id", key, id=batch_id, state=batch["state"])])
+    requeued = int(retried["requeued"])
+    return batch, requeued, Msg("retry_started", {"id": batch_id, "requeued": requeued})
