@@ -8,18 +8,22 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import asyncpg
 import structlog
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from daemon import logs
 from daemon.db.connect import wait_until_reachable
-from daemon.db.queries import q
 from daemon.errors import DatesyncError
+from daemon.ops import batches, ledger
+from daemon.ops.messages import Lang, preferred
+from daemon.ops.problems import OperationError
+from daemon.ops.validation import Limits, parse_date, validate_batch
 from daemon.runtime import database, prepare
 from daemon.settings import Settings
 from datesync import service
@@ -81,15 +85,35 @@ def _run(coro_factory: Callable[[], Awaitable[T]]) -> T:
     """Run a coroutine, turning datesync's errors into a one-line message and exit code 2."""
     try:
         return _event_loop_run(coro_factory())  # type: ignore[arg-type]
+    except OperationError as exc:
+        _fail(exc.text(cli_lang()))  # refused as the API refuses it, in the same words
     except DatesyncError as exc:
-        if os.environ.get("LOG_FORMAT", "").strip() == "json":
-            # A log collector reads JSON lines: the last word must be one too.
-            structlog.get_logger("datesync.cli").error("command_failed", error=str(exc))
-        else:
-            err.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        _fail(str(exc))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+
+
+def cli_lang() -> Lang:
+    """The user's language for messages: zh when the locale says Chinese (as Accept-Language does for the API)."""
+    for name in ("LC_ALL", "LC_MESSAGES", "LANG"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            return preferred(value.replace("_", "-").split(".")[0])
+    return "en"
+
+
+def _fail(message: str) -> NoReturn:
+    """One line saying what went wrong, and exit 2."""
+    if os.environ.get("LOG_FORMAT", "").strip() == "json":
+        # A log collector reads JSON lines: the last word must be one too.
+        structlog.get_logger("datesync.cli").error("command_failed", error=message)
+    else:
+        err.print(f"[bold red]error:[/] {escape(message)}")
+    raise typer.Exit(2)
+
+
+def _limits(settings: Settings) -> Limits:
+    return Limits(datetime.datetime.now(settings.tz).date(), settings.timezone, settings.max_range_days)
 
 
 def _settings_or_exit(**overrides: object) -> Settings:
@@ -135,14 +159,14 @@ def migrate() -> None:
     _run(go)
 
 
-def _parse_day(value: str, name: str) -> datetime.date:
-    try:
-        if len(value) != 10:
-            raise ValueError
-        return datetime.date.fromisoformat(value)
-    except ValueError:
-        err.print(f"[bold red]error:[/] {name} must be a real date written YYYY-MM-DD, got {value!r}")
-        raise typer.Exit(2) from None
+def _day(value: str | None, field: str) -> datetime.date | None:
+    """A date argument, checked by the API's own rule and refused in its words (naming the API's field)."""
+    if value is None:
+        return None
+    parsed = parse_date(field, value)
+    if isinstance(parsed, datetime.date):
+        return parsed
+    _fail(OperationError(422, [parsed]).text(cli_lang()))
 
 
 async def _with_conn(settings: Settings, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
@@ -166,22 +190,25 @@ def batch(
                                                           "it succeeded (1 if it failed or was cancelled).")] = False,
     url: UrlOption = None,
 ) -> None:
-    """Request a backfill of START..END; prints the batch id."""
+    """Request a backfill of START..END; prints the batch id (an identical batch still queued or running is
+    returned instead, as the API does)."""
     settings = _settings_or_exit()
-    start_day, end_day = _parse_day(start, "START"), _parse_day(end, "END")
+    body = {"start_date": start, "end_date": end, "force": force, "source": source}
+    try:
+        wanted = validate_batch(body, _limits(settings))
+    except OperationError as exc:
+        _fail(exc.text(cli_lang()))
 
-    async def insert(conn: asyncpg.Connection) -> int:
-        try:
-            row = await conn.fetchrow(q("batch_insert"), source, start_day, end_day, force, None, "cli")
-        except (asyncpg.CheckViolationError, asyncpg.NotNullViolationError) as exc:
-            raise DatesyncError(exc.message) from None
-        assert row is not None
-        return int(row["id"])
+    async def request(conn: asyncpg.Connection) -> batches.Accepted:
+        return await batches.request(conn, wanted, None, "cli")
 
-    batch_id = _run(lambda: _with_conn(settings, insert))
-    out.print(batch_id)
-    if follow:  # exit 0 only if no date failed
-        raise typer.Exit(_run(lambda: follow_batch(settings, batch_id, url, progress_console=err, out=out)))
+    accepted = _run(lambda: _with_conn(settings, request))
+    out.print(accepted.batch["id"])
+    if not accepted.created:
+        err.print(escape(accepted.message.render(cli_lang())))
+    if follow:  # exit 0 only if the batch succeeded
+        raise typer.Exit(_run(lambda: follow_batch(settings, accepted.batch["id"], url, progress_console=err,
+                                                   out=out)))
 
 
 @app.command()
@@ -198,27 +225,23 @@ def status(
     from_: Annotated[str | None, typer.Option("--from", help="First date, YYYY-MM-DD.")] = None,
     to: Annotated[str | None, typer.Option("--to", help="Last date, YYYY-MM-DD.")] = None,
 ) -> None:
-    """Per-date sync status, and the batches still running."""
+    """Per-date sync status, and the batches still queued or running."""
     settings = _settings_or_exit()
-    lo = _parse_day(from_, "--from") if from_ else datetime.date.min
-    hi = _parse_day(to, "--to") if to else datetime.date.max
+    lo, hi = _day(from_, "from"), _day(to, "to")
 
-    async def read(conn: asyncpg.Connection) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
-        days = await conn.fetch(
-            "SELECT source, day, status::text, attempts, rows_synced, error, synced_at FROM datesync.day "
-            "WHERE day BETWEEN $1 AND $2 ORDER BY source, day", lo, hi)
-        batches = await conn.fetch(
-            "SELECT * FROM datesync.batch_progress WHERE state IN ('queued', 'running') ORDER BY batch_id")
-        return list(days), list(batches)
+    async def read(conn: asyncpg.Connection) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        found = await ledger.summary(conn, source=None, first=lo, last=hi, status=None, limit=None, offset=0,
+                                     limits=_limits(settings))
+        return found, await ledger.unfinished_batches(conn)
 
-    days, batches = _run(lambda: _with_conn(settings, read))
+    found, unfinished = _run(lambda: _with_conn(settings, read))
     table = Table("source", "day", "status", "attempts", "rows", "synced at", "error")
-    for d in days:
+    for d in sorted(found["records"], key=lambda r: (r["source"], r["day"])):
         table.add_row(d["source"], str(d["day"]), d["status"], str(d["attempts"]), str(d["rows_synced"] or ""),
                       d["synced_at"].isoformat(timespec="seconds") if d["synced_at"] else "", d["error"] or "")
     out.print(table)
-    for b in batches:
-        out.print(f"batch {b['batch_id']} {b['state']}: {b['done']}/{b['days']} done, {b['failed']} failed, "
+    for b in unfinished:
+        out.print(f"batch {b['id']} {b['state']}: {b['done']}/{b['days']} done, {b['failed']} failed, "
                   f"{b['running']} running")
 
 
@@ -232,43 +255,24 @@ def gaps(
     """List dates in FROM..TO that are missing or failed; with --backfill, request exactly those (one batch per
     contiguous range) and print the batch ids."""
     settings = _settings_or_exit()
-    lo, hi = _parse_day(from_, "FROM"), _parse_day(to, "TO")
-    if lo > hi:
-        err.print("[bold red]error:[/] FROM must not be after TO")
-        raise typer.Exit(2)
-    if (hi - lo).days + 1 > settings.max_range_days:
-        err.print(f"[bold red]error:[/] the range is {(hi - lo).days + 1} days; the limit is "
-                  f"{settings.max_range_days} days (DATESYNC_MAX_RANGE_DAYS)")
-        raise typer.Exit(2)
+    lo, hi = _day(from_, "from"), _day(to, "to")
 
-    async def go(conn: asyncpg.Connection) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
-        if not await conn.fetchval(q("source_exists"), source):
-            raise DatesyncError(f'unknown source "{source}"')
-        batches: list[asyncpg.Record] = []
-        async with conn.transaction():  # all the ranges' batches or none
-            rows = await conn.fetch(q("day_gaps"), source, lo, hi)
-            if backfill:
-                try:
-                    for start, end in dict.fromkeys((r["range_start"], r["range_end"]) for r in rows):
-                        row = await conn.fetchrow(q("batch_insert"), source, start, end, False, None, "cli")
-                        assert row is not None
-                        batches.append(row)
-                except (asyncpg.CheckViolationError, asyncpg.NotNullViolationError) as exc:
-                    raise DatesyncError(exc.message) from None
-        return list(rows), batches
+    async def go(conn: asyncpg.Connection) -> ledger.Gaps:
+        return await ledger.gaps(conn, source, lo, hi, _limits(settings), backfill=backfill, requested_by="cli")
 
-    rows, batches = _run(lambda: _with_conn(settings, go))
-    if not rows:
-        out.print(f"no gaps: every date of {source} from {lo} to {hi} is synced or running")
+    found = _run(lambda: _with_conn(settings, go))
+    span = (found.last - found.first).days + 1
+    if not found.days:
+        out.print(f"no gaps: every date of {source} from {found.first} to {found.last} is synced or running")
         return
     table = Table("day", "status")
-    for r in rows:
-        table.add_row(r["day"].isoformat(), r["status"])
+    for d in found.days:
+        table.add_row(d["day"].isoformat(), d["status"])
     out.print(table)
-    ranges = len({r["range_start"] for r in rows})
-    out.print(f"{len(rows)} of {(hi - lo).days + 1} dates of {source} are missing or failed, "
+    ranges = len(found.ranges)
+    out.print(f"{len(found.days)} of {span} dates of {source} are missing or failed, "
               f"in {ranges} range{'s' if ranges > 1 else ''}")
-    for b in batches:
+    for b in found.requested:
         out.print(f"batch {b['id']}: {b['start_date']}..{b['end_date']} ({b['days']} days) requested")
 
 
@@ -278,17 +282,11 @@ def retry(batch_id: Annotated[int, typer.Argument(metavar="BATCH_ID",
     """Requeue a finished batch's failed dates, and its cancelled ones if it was cancelled; the batch runs again."""
     settings = _settings_or_exit()
 
-    async def go(conn: asyncpg.Connection) -> int:
-        async with conn.transaction():
-            row = await conn.fetchrow(q("batch_retry"), batch_id)
-            if row is not None:
-                await conn.execute(q("event_insert_batch"), batch_id, "running", {"retry": row["requeued"]})
-                await conn.execute("SELECT pg_notify('datesync_batch', $1)", str(batch_id))
-        if row is None:
-            raise DatesyncError(f"batch {batch_id} has no failed dates to retry (or is unknown or still running)")
-        return int(row["requeued"])
+    async def go(conn: asyncpg.Connection) -> str:
+        _batch, _requeued, message = await batches.retry(conn, batch_id)
+        return message.render(cli_lang())
 
-    out.print(f"requeued {_run(lambda: _with_conn(settings, go))} dates of batch {batch_id}")
+    out.print(escape(_run(lambda: _with_conn(settings, go))))
 
 
 @app.command()
@@ -296,12 +294,11 @@ def cancel(batch_id: Annotated[int, typer.Argument(metavar="BATCH_ID", help="Bat
     """Cancel a batch: queued dates are dropped, running ones are interrupted."""
     settings = _settings_or_exit()
 
-    async def go(conn: asyncpg.Connection) -> None:
-        if await conn.fetchrow(q("batch_request_cancel"), batch_id) is None:
-            raise DatesyncError(f"batch {batch_id} is unknown or has already ended")
+    async def go(conn: asyncpg.Connection) -> str:
+        _batch, message = await batches.cancel(conn, batch_id)
+        return message.render(cli_lang())
 
-    _run(lambda: _with_conn(settings, go))
-    out.print(f"cancel requested for batch {batch_id}")
+    out.print(escape(_run(lambda: _with_conn(settings, go))))
 
 
 @app.command()

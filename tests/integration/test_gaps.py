@@ -108,4 +108,4 @@ async def test_the_cli_lists_gaps_and_backfills_exactly_them(dsn: str, db: async
     # With LOG_FORMAT=json the CLI's last word is a JSON log line too.
     assert code == 2 and json.loads(err.strip().splitlines()[-1])["error"] == 'unknown source "nope"'
     code, _, err = await cli(dsn, "2025-05-03", "2025-05-01")
-    assert code == 2 and "FROM must not be after TO" in err
+    assert code == 2 and "from must not be after to" in err  # the API's words (GET /gaps)
