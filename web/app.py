@@ -6,9 +6,11 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Mount, Route
 
 from web import api, events, gaps, health, metrics, page
+from web.hosts import HostGuard
 from web.state import AppState
 
 API_PREFIX = "/api/v1/sync-status"
@@ -30,7 +32,13 @@ def create_app(state: AppState) -> Starlette:
             *page.routes,
         ],
         lifespan=lifespan,
-        middleware=api.middleware(state.settings),
+        # Outermost first: security headers on every answer (refusals too), then the Host allowlist before
+        # anything reads the request, then the API's own stack.
+        middleware=[
+            Middleware(page.SecurityHeaders),
+            Middleware(HostGuard, allowed_hosts=state.settings.served_hosts),
+            *api.middleware(state.settings),
+        ],
         exception_handlers=api.EXCEPTION_HANDLERS,
     )
     app.state.datesync = state
