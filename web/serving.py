@@ -24,8 +24,8 @@ from web.events import HubConfig
 log = structlog.get_logger("datesync.web")
 
 # Connections beyond the event streams' own cap: the page, API calls and health checks while every stream is
-# taken.
-CONNECTION_HEADROOM = 100
+# taken, kept-alive ones included (a burst of a few hundred concurrent POSTs must not see 503s).
+CONNECTION_HEADROOM = 1000
 # Descriptors the process needs besides its connections: the database pool, the listener, logs, the loop.
 OTHER_FDS = 64
 
