@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 import asyncpg
 import httpx
 import pytest
+from playwright.async_api import Browser
 
 from daemon.settings import Settings
 from tests.faults.procs import Proc, free_port, spawn
@@ -131,6 +132,24 @@ async def test_every_copy_of_the_page_forbids_framing(dsn: str, path: str) -> No
     assert answer.headers["x-frame-options"] == "DENY"
     assert answer.headers["x-content-type-options"] == "nosniff"
     assert answer.headers["referrer-policy"] == "same-origin"
+
+
+async def test_a_browser_refuses_to_frame_either_copy_of_the_page(dsn: str, browser: Browser) -> None:
+    """Clickjacking: another site's page puts ours in a frame. Chromium must refuse to render it."""
+    async with live_server(dsn) as live:
+        context = await browser.new_context()
+        try:
+            page = await context.new_page()
+            await page.set_content(f'<iframe src="{live.base_url}/"></iframe>'
+                                   f'<iframe src="{live.base_url}/static/index.html"></iframe>')
+            await page.wait_for_timeout(1500)
+            frames = [f for f in page.frames if f is not page.main_frame]
+            assert len(frames) == 2
+            for frame in frames:
+                # A blocked frame shows Chromium's error page instead; ours would have a title and the form.
+                assert frame.url.startswith("chrome-error://"), frame.url
+        finally:
+            await context.close()
 
 
 # -- a real `datesync web` process -----------------------------------------------------------------------
