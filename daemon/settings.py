@@ -259,6 +259,8 @@ def _hosts(raw: str) -> tuple[str, ...]:
 def _proxies(raw: str) -> tuple[str, ...]:
     """Addresses or networks (CIDR) of trusted proxies, or `*`: the forms uvicorn's forwarded_allow_ips takes."""
     items = tuple(item.strip() for item in raw.split(",") if item.strip())
+    if "*" in items:
+        return ("*",)  # uvicorn trusts everyone only for exactly "*"; in a longer list it would be a literal
     for item in items:
         if item != "*":
             try:

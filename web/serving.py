@@ -119,6 +119,7 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
     options: dict[str, Any] = {
         "host": settings.host, "port": settings.port, "log_config": None, "lifespan": "on",
         "http": protocol,
+        "ws": "none",  # no WebSocket routes; an upgrade would also leave the read deadline on the old protocol
         "timeout_keep_alive": settings.keepalive_timeout,
         # uvicorn answers 503 to a request that arrives while this many connections are open.
         "limit_concurrency": cap,

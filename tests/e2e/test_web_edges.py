@@ -192,10 +192,15 @@ async def test_proxy_headers_are_ignored_unless_the_proxy_is_trusted(dsn: str) -
     assert redirect.status_code in (307, 308), redirect.text
     assert redirect.headers["location"] == f"{base}{API}/batches"
     assert elsewhere.status_code == 400 and elsewhere.json()["errors"][0]["field"] == "Host"
-    async with web_process(dsn, {"DATESYNC_TRUSTED_PROXIES": "127.0.0.1"}) as (_, base), \
-            httpx.AsyncClient(base_url=base) as client:
-        behind_proxy = await client.get(f"{API}/batches/", headers=forged)
-    assert behind_proxy.headers["location"] == f"https{base.removeprefix('http')}{API}/batches"
+    for trusted in ("127.0.0.1", "10.9.9.9, *"):  # Render's proxy: "*"
+        async with web_process(dsn, {"DATESYNC_TRUSTED_PROXIES": trusted}) as (_, base), \
+                httpx.AsyncClient(base_url=base) as client:
+            behind_proxy = await client.get(f"{API}/batches/", headers=forged)
+            # The page's own POST through a TLS-terminating proxy: its Origin is https, and so are we now.
+            https_origin = f"https{base.removeprefix('http')}"
+            posted = await client.post(f"{API}/sync/batch", json=GOOD, headers={**forged, "Origin": https_origin})
+        assert behind_proxy.headers["location"] == f"{https_origin}{API}/batches", trusted
+        assert posted.status_code in (200, 202), posted.text
 
 
 async def _open_idle(port: int, count: int) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:

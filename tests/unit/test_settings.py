@@ -74,6 +74,7 @@ def test_web_edge_settings() -> None:
     assert (s.trusted_proxies, s.keepalive_timeout, s.read_timeout, s.max_connections) == (("*",), 75, 2.5, 1001)
     s = Settings.from_env({"DATESYNC_TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1,::1"})
     assert s.trusted_proxies == ("10.0.0.0/8", "127.0.0.1", "::1")
+    assert Settings.from_env({"DATESYNC_TRUSTED_PROXIES": "10.0.0.1, *"}).trusted_proxies == ("*",)
 
 
 @pytest.mark.parametrize(
