@@ -52,7 +52,7 @@ class Settings:
     render_hostname: str | None = None  # RENDER_EXTERNAL_HOSTNAME: Render's public name for this service
     trusted_proxies: tuple[str, ...] = ()  # addresses whose X-Forwarded-Proto/-For are believed; "*" for any
     keepalive_timeout: int = 5  # seconds an idle kept-alive connection stays open after an answer
-    read_timeout: float = 10.0  # seconds a client has to send a whole request once it connects or was answered
+    read_timeout: float = 10.0  # seconds a client has to send a whole request from connecting or its first byte
     max_connections: int | None = None  # None: DATESYNC_SSE_MAX_CLIENTS plus room for ordinary requests
 
     @property

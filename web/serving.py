@@ -33,9 +33,11 @@ OTHER_FDS = 64
 class ReadDeadlineH11Protocol(H11Protocol):
     """uvicorn's h11 protocol, plus a deadline for receiving each request (head and body).
 
-    The clock starts when the connection opens and again when an answer ends, and stops once h11 has the whole
-    request; so a long answer (an event stream) is never cut, and an idle kept-alive connection is still closed
-    by uvicorn's shorter keep-alive timer. The class attribute is set per server by `uvicorn_config`.
+    The clock starts when the connection opens and when the first byte of a later request arrives, and stops
+    once h11 has the whole request; trickling bytes does not restart it. So a long answer (an event stream) is
+    never cut, and between requests only uvicorn's keep-alive timer counts: behind a proxy that reuses
+    connections (Render's), a kept-alive connection must outlive the proxy's idle timeout, not this one.
+    The class attribute is set per server by `uvicorn_config`.
     """
 
     read_timeout: float = 10.0
@@ -56,14 +58,8 @@ class ReadDeadlineH11Protocol(H11Protocol):
         super().data_received(data)
         if not self._receiving():
             self._disarm_read_deadline()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        # Waiting for the next request (or still reading a pipelined one): a fresh deadline.
-        if self._receiving() and not self.transport.is_closing():
-            self._arm_read_deadline()
-        else:
-            self._disarm_read_deadline()
+        elif self._read_deadline is None and not self.transport.is_closing():
+            self._arm_read_deadline()  # a new request has begun
 
     def _receiving(self) -> bool:
         """Whether the client still owes us (part of) a request: nothing yet, or the head or body under way."""

@@ -259,6 +259,29 @@ async def test_idle_and_slow_connections_are_closed_and_health_still_answers(dsn
                 writer.close()
 
 
+async def test_between_requests_only_the_keep_alive_timeout_counts(dsn: str) -> None:
+    """Behind a proxy that reuses connections (Render's), closing an idle kept-alive connection early races the
+    proxy's next request on it (a 502): the read timeout must not shorten the keep-alive one."""
+    env = {"DATESYNC_READ_TIMEOUT": "1", "DATESYNC_KEEPALIVE_TIMEOUT": "4"}
+    async with web_process(dsn, env) as (_, base):
+        port = int(base.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            writer.write(request)
+            assert (await reader.readuntil(b"}}")).startswith(b"HTTP/1.1 200")
+            assert not await _closed_by_server(reader, 2)  # idle 2 s: longer than the read timeout
+            writer.write(request)
+            assert (await reader.readuntil(b"}}")).startswith(b"HTTP/1.1 200")
+            # A request begun and never finished is closed after the read timeout, keep-alive or not.
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            started = time.monotonic()
+            assert await _closed_by_server(reader, 3)
+            assert time.monotonic() - started < 2
+        finally:
+            writer.close()
+
+
 async def test_with_a_low_fd_limit_idle_sockets_do_not_take_the_server_down(dsn: str) -> None:
     """The reported outage: about 110 idle sockets exhausted a 128-descriptor limit, and nothing closed them."""
     env = {"DATESYNC_READ_TIMEOUT": "1"}
