@@ -2,6 +2,8 @@
 # Give it DATABASE_URL (Neon's pooled URL is fine; LISTEN uses the direct endpoint, derived or from
 # DATABASE_DIRECT_URL). Without DATABASE_URL it would start an embedded PostgreSQL inside the container,
 # whose data is lost with the container: fine for a demo, never for production.
+# Bound to 0.0.0.0, the web answers only loopback Host names (and RENDER_EXTERNAL_HOSTNAME on Render): set
+# DATESYNC_ALLOWED_HOSTS to the public name(s) elsewhere, and DATESYNC_TRUSTED_PROXIES behind a proxy.
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -41,7 +41,7 @@ from daemon.runtime import migrate_and_register  # noqa: E402
 from daemon.settings import Settings  # noqa: E402
 
 PROBES = 10
-REQUEST = b"GET /api/v1/sync-status/events HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n"
+REQUEST = b"GET /api/v1/sync-status/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import ipaddress
 import os
 import re
 import sys
@@ -45,6 +47,13 @@ class Settings:
     data_dir: Path = Path(".datesync")
     log_format: str = "console"
     shutdown_grace: float = 20.0  # seconds running dates get on SIGTERM before they are handed back
+    # The web's edges.
+    allowed_hosts: tuple[str, ...] = ()  # DATESYNC_ALLOWED_HOSTS, on top of our own names (`served_hosts`)
+    render_hostname: str | None = None  # RENDER_EXTERNAL_HOSTNAME: Render's public name for this service
+    trusted_proxies: tuple[str, ...] = ()  # addresses whose X-Forwarded-Proto/-For are believed; "*" for any
+    keepalive_timeout: int = 5  # seconds an idle kept-alive connection stays open after an answer
+    read_timeout: float = 10.0  # seconds a client has to send a whole request from connecting or its first byte
+    max_connections: int | None = None  # None: DATESYNC_SSE_MAX_CLIENTS plus room for ordinary requests
 
     @property
     def lets_database_sleep(self) -> bool:
@@ -64,6 +73,21 @@ class Settings:
     def pool_size(self) -> int:
         """Connections for ordinary queries: one per concurrent date plus two for the loop and web."""
         return self.concurrency + 2
+
+    @property
+    def served_hosts(self) -> tuple[str, ...]:
+        """Host names the web answers: the loopback names, the bound address unless it is a wildcard, Render's
+        public name, and DATESYNC_ALLOWED_HOSTS. All but the last are our own names, which a DNS-rebinding page
+        cannot make a browser send, so a list adds to them rather than replacing them (the CLI's --follow asks
+        127.0.0.1; Render's health check sends the onrender.com name)."""
+        hosts = list(LOOPBACK_HOSTS)
+        if self.host not in WILDCARD_BINDS:
+            with contextlib.suppress(ValueError):  # a bind address that is no name adds nothing
+                hosts.append(_host_pattern(self.host))
+        if self.render_hostname:
+            hosts.append(self.render_hostname)
+        hosts += self.allowed_hosts
+        return tuple(dict.fromkeys(hosts))
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -97,7 +121,20 @@ class Settings:
             data_dir=Path(r.text("DATESYNC_DATA_DIR") or ".datesync"),
             log_format=r.parse("LOG_FORMAT", "console" if sys.stderr.isatty() else "json", _log_format),
             shutdown_grace=r.parse("DATESYNC_SHUTDOWN_GRACE", 20.0, _non_negative_float),
+            allowed_hosts=r.parse("DATESYNC_ALLOWED_HOSTS", (), _hosts),
+            render_hostname=r.parse("RENDER_EXTERNAL_HOSTNAME", None, _host_pattern),
+            trusted_proxies=r.parse("DATESYNC_TRUSTED_PROXIES", (), _proxies),
+            keepalive_timeout=r.parse("DATESYNC_KEEPALIVE_TIMEOUT", 5, _int_between(1, 3600)),
+            read_timeout=r.parse("DATESYNC_READ_TIMEOUT", 10.0, _positive_float),
+            max_connections=r.parse("DATESYNC_MAX_CONNECTIONS", None, _int_between(2, 1_000_000)),
         )
+        # Event streams hold their connection for hours: a cap at or below theirs would turn them all away.
+        sse_clients = r.parse("DATESYNC_SSE_MAX_CLIENTS", 1000, _int_between(1, 100_000))
+        if settings.max_connections is not None and settings.max_connections <= sse_clients:
+            raise SettingsError(
+                f"DATESYNC_MAX_CONNECTIONS={settings.max_connections} is invalid: it must be above "
+                f"DATESYNC_SSE_MAX_CLIENTS={sse_clients}, or the event streams take every connection"
+            )
         if settings.schedule_lookback >= settings.max_range_days:
             raise SettingsError(
                 f"DATESYNC_SCHEDULE_LOOKBACK={settings.schedule_lookback} is invalid: the look-back and yesterday "
@@ -191,6 +228,46 @@ def _bool(raw: str) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise ValueError("expected 1 or 0")
+
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+WILDCARD_BINDS = frozenset({"0.0.0.0", "::", "[::]", ""})
+_HOST_NAME = re.compile(r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+
+
+def _host_pattern(raw: str) -> str:
+    """One entry of DATESYNC_ALLOWED_HOSTS: a name or address (IPv6 in brackets or not), `.suffix`, or `*`."""
+    value = raw.strip().lower().rstrip(".")
+    if value == "*":
+        return value
+    body = value[1:] if value.startswith(".") else value
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(body.strip("[]")).version == 6 and not value.startswith("."):
+            return f"[{body.strip('[]')}]"
+    if not _HOST_NAME.fullmatch(body):
+        raise ValueError(f"{raw.strip()!r} is not a host name, an address, .suffix or * (no scheme, no port)")
+    return value
+
+
+def _hosts(raw: str) -> tuple[str, ...]:
+    hosts = tuple(_host_pattern(item) for item in raw.split(",") if item.strip())
+    if not hosts:
+        raise ValueError("expected a comma list of host names")
+    return hosts
+
+
+def _proxies(raw: str) -> tuple[str, ...]:
+    """Addresses or networks (CIDR) of trusted proxies, or `*`: the forms uvicorn's forwarded_allow_ips takes."""
+    items = tuple(item.strip() for item in raw.split(",") if item.strip())
+    if "*" in items:
+        return ("*",)  # uvicorn trusts everyone only for exactly "*"; in a longer list it would be a literal
+    for item in items:
+        if item != "*":
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address, a network such as 10.0.0.0/8, or *") from None
+    return items
 
 
 def _log_format(raw: str) -> str:

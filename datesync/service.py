@@ -19,6 +19,7 @@ from daemon.sync import handlers
 from daemon.sync.schedule import Schedule
 from daemon.sync.worker import Daemon, new_worker_id
 from web.app import create_app
+from web.serving import uvicorn_config
 from web.state import AppState
 
 log = structlog.get_logger("datesync.service")
@@ -99,10 +100,7 @@ async def _serve_with(
                 wake_daemon=worker.wake if worker else None,
                 daemon_listener_connected=(lambda: worker.listener_connected) if worker else None,
             )
-            config = uvicorn.Config(
-                create_app(state), host=settings.host, port=settings.port, log_config=None,
-                timeout_graceful_shutdown=5, lifespan="on", proxy_headers=True, forwarded_allow_ips="*",
-            )
+            config = uvicorn_config(create_app(state), settings, timeout_graceful_shutdown=5)
             server = _Server(config)
             tasks.append(asyncio.create_task(_serve_web(server), name="web"))
             log.info("web_listening", url=f"http://{settings.host}:{settings.port}")

@@ -11,6 +11,7 @@ from starlette.routing import Mount, Route
 
 from web import api, events, gaps, health, metrics, page
 from web.access import AccessLog
+from web.hosts import HostGuard
 from web.state import AppState
 
 API_PREFIX = "/api/v1/sync-status"
@@ -32,7 +33,14 @@ def create_app(state: AppState) -> Starlette:
             *page.routes,
         ],
         lifespan=lifespan,
-        middleware=[Middleware(AccessLog), *api.middleware(state.settings)],
+        # Outermost first: the access log (it sees every answer, refusals too), security headers on every answer,
+        # then the Host allowlist before anything reads the request, then the API's own stack.
+        middleware=[
+            Middleware(AccessLog),
+            Middleware(page.SecurityHeaders),
+            Middleware(HostGuard, allowed_hosts=state.settings.served_hosts),
+            *api.middleware(state.settings),
+        ],
         exception_handlers=api.EXCEPTION_HANDLERS,
     )
     app.state.datesync = state

@@ -103,6 +103,11 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "allow it",
         "该请求由浏览器从其他站点（{origin}）发出；如需允许，请将该来源加入 DATESYNC_CORS_ORIGINS",
     ),
+    "host_not_allowed": (
+        "this server does not answer to the Host {host}; add that name to DATESYNC_ALLOWED_HOSTS to allow it",
+        "本服务不接受 Host {host}；如需允许，请将该名称加入 DATESYNC_ALLOWED_HOSTS",
+    ),
+    "host_missing": ("the request has no Host header", "请求缺少 Host 请求头"),
     "route_not_found": ("no such endpoint: {method} {path}", "不存在该接口：{method} {path}"),
     "method_not_allowed": ("{method} is not allowed on {path}", "{path} 不支持 {method} 方法"),
     "http_error": ("the request failed ({status})", "请求失败（{status}）"),

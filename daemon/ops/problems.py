@@ -14,7 +14,7 @@ from daemon.ops.messages import Lang, text
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Msg:
-    """A message key of web.api.i18n and its parameters."""
+    """A message key of daemon.ops.messages and its parameters."""
 
     key: str
     params: Mapping[str, object] = dataclasses.field(default_factory=dict)

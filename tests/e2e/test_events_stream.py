@@ -287,7 +287,7 @@ async def test_a_client_that_stops_reading_is_dropped_without_slowing_the_others
             port = int(live.base_url.rsplit(":", 1)[1])
             await asyncio.get_running_loop().sock_connect(stalled, ("127.0.0.1", port))
             await asyncio.get_running_loop().sock_sendall(
-                stalled, b"GET /api/v1/sync-status/events HTTP/1.1\r\nHost: x\r\n\r\n")
+                stalled, b"GET /api/v1/sync-status/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             await wait_for(lambda: asyncio.sleep(0, result=len(hub.clients) == 1))
             opened = asyncio.Event()
             reader = asyncio.create_task(read_stream(http, f"{live.api}/events", stop=count, opened=opened))

@@ -483,7 +483,7 @@ async def _cors(client: httpx.AsyncClient) -> list[str]:
 async def _cross_site(client: httpx.AsyncClient, body: dict[str, str]) -> list[str]:
     """A page on another site can make a browser send a "simple" POST (text/plain body, or none, no custom header,
     no preflight) from the visitor's network position, e.g. to a datesync on localhost without a token. The browser
-    labels it (Sec-Fetch-Site, which no page can set); the server must refuse it, whatever the token."""
+    labels it (Sec-Fetch-Site, which no page can set, and Origin); the server must refuse it, whatever the token."""
     p = []
     auth = {"Authorization": f"Bearer {TOKEN}"}
     forged = [
@@ -491,6 +491,9 @@ async def _cross_site(client: httpx.AsyncClient, body: dict[str, str]) -> list[s
         {"Origin": "https://sub.app.example", "Sec-Fetch-Site": "same-site", "Content-Type": "text/plain"},
         {"Origin": "null", "Sec-Fetch-Site": "cross-site", "Content-Type": "text/plain"},
         {"Sec-Fetch-Site": "CROSS-SITE"},
+        # Browsers without Sec-Fetch-* still send Origin.
+        {"Origin": "https://evil.example", "Content-Type": "text/plain"},
+        {"Origin": "null"},
     ]
     for headers in forged:
         for path, content in (("/sync/batch", json.dumps(body)), ("/batches/1/cancel", None)):
@@ -502,7 +505,8 @@ async def _cross_site(client: httpx.AsyncClient, body: dict[str, str]) -> list[s
         ("same-origin", {"Sec-Fetch-Site": "same-origin", "Origin": str(client.base_url).rstrip("/")}),
         ("typed into the address bar", {"Sec-Fetch-Site": "none"}),
         ("configured origin", {"Origin": ORIGIN, "Sec-Fetch-Site": "cross-site"}),
-        ("not a browser, with an Origin", {"Origin": "https://evil.example"}),
+        ("own origin, no Sec-Fetch-Site", {"Origin": str(client.base_url).rstrip("/")}),
+        ("not a browser", {}),
     ]
     for label, headers in served:
         answer = await client.post(f"{API}/sync/batch", json=body, headers={**auth, **headers})

@@ -327,6 +327,38 @@ def test_settings_are_validated_naming_the_variable_and_never_echo_headers() -> 
     assert SECRET not in repr(config)
 
 
+@pytest.mark.parametrize("userinfo", ["user:pa55word@", "user@", ":pa55word@"])
+@pytest.mark.parametrize("source", ["default", "shop"])
+def test_url_userinfo_never_silently_replaces_a_configured_authorization(userinfo: str, source: str) -> None:
+    """httpx turns user:password in the URL into Basic auth, which overwrote the Authorization header of
+    DATESYNC_HTTP_HEADERS without a word; the handler now refuses the pair when it loads."""
+    env = {"DATESYNC_HTTP_URL": f"https://{userinfo}api.example/{{date}}", "DATESYNC_HTTP_TABLE": "orders",
+           "DATESYNC_HTTP_HEADERS": json.dumps({"authorization": f"Bearer {SECRET}"})}
+    with pytest.raises(SettingsError) as caught:
+        handlers.load("http", source, env)
+    message = str(caught.value)
+    assert "DATESYNC_HTTP_URL" in message and "DATESYNC_HTTP_HEADERS" in message and "Authorization" in message
+    assert "\n" not in message and SECRET not in message and "pa55word" not in message
+    # Either one alone is fine.
+    handlers.load("http", source, {**env, "DATESYNC_HTTP_HEADERS": json.dumps({"X-Api-Key": SECRET})})
+    handlers.load("http", source, {**env, "DATESYNC_HTTP_URL": "https://api.example/{date}"})
+
+
+async def test_the_configured_authorization_reaches_the_upstream(dsn: str, upstream: Upstream) -> None:
+    seen: list[str | None] = []
+    env = env_for(upstream, DATESYNC_HTTP_HEADERS=json.dumps({"Authorization": f"Bearer {SECRET}"}))
+    async with handler_for(dsn, env) as made:
+        assert made.client is not None
+        made.client.event_hooks["request"].append(lambda request: _record(seen, request))
+        upstream.items[DAY.isoformat()] = [{"id": "a"}]
+        await made.fetch(DAY)
+    assert seen == [f"Bearer {SECRET}"]
+
+
+async def _record(seen: list[str | None], request: Any) -> None:
+    seen.append(request.headers.get("authorization"))
+
+
 async def test_an_existing_table_of_another_shape_is_reported_at_start(
     dsn: str, db: asyncpg.Connection, upstream: Upstream
 ) -> None:

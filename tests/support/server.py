@@ -15,6 +15,7 @@ from daemon.settings import Settings
 from daemon.sync import handlers
 from daemon.sync.worker import Daemon
 from web.app import create_app
+from web.serving import uvicorn_config
 from web.state import AppState
 
 
@@ -53,8 +54,8 @@ async def live_server(
     state = AppState(settings=settings, pool=pool, direct_dsn=dsn,
                      wake_daemon=worker.wake if worker else None,
                      daemon_listener_connected=(lambda: worker.listener_connected) if worker else None)
-    server = _Server(uvicorn.Config(create_app(state), host="127.0.0.1", port=port, log_config=None,
-                                    timeout_graceful_shutdown=2, lifespan="on"))
+    # The production configuration (timeouts, connection cap, proxy trust), with a quicker shutdown.
+    server = _Server(uvicorn_config(create_app(state), settings, timeout_graceful_shutdown=2))
     tasks = [asyncio.create_task(server.serve())]
     if worker:
         tasks.append(asyncio.create_task(worker.run()))

@@ -47,3 +47,61 @@ def test_bad_values_name_the_variable(var: str, value: str) -> None:
     with pytest.raises(SettingsError) as info:
         Settings.from_env({var: value})
     assert var in str(info.value) and repr(value) in str(info.value)
+
+
+def test_served_hosts_default_to_loopback_the_bound_address_and_renders_name() -> None:
+    loopback = ("localhost", "127.0.0.1", "[::1]")
+    assert Settings.from_env({}).served_hosts == loopback
+    # Bound to every interface the machine's own names are unknown: list them in DATESYNC_ALLOWED_HOSTS.
+    assert Settings.from_env({"HOST": "0.0.0.0"}).served_hosts == loopback
+    assert Settings.from_env({"HOST": "::"}).served_hosts == loopback
+    assert Settings.from_env({"HOST": "10.0.0.5"}).served_hosts == (*loopback, "10.0.0.5")
+    assert Settings.from_env({"HOST": "fd00::1"}).served_hosts == (*loopback, "[fd00::1]")
+    on_render = Settings.from_env({"HOST": "0.0.0.0", "RENDER_EXTERNAL_HOSTNAME": "DateSync.onrender.com"})
+    assert on_render.served_hosts == (*loopback, "datesync.onrender.com")
+    # A list adds to our own names (the CLI's --follow asks 127.0.0.1, Render's check the onrender.com name).
+    explicit = Settings.from_env({"DATESYNC_ALLOWED_HOSTS": "status.example.com, .Example.org,*,::1 , 10.0.0.5.",
+                                  "RENDER_EXTERNAL_HOSTNAME": "x.onrender.com"})
+    assert explicit.served_hosts == (*loopback, "x.onrender.com", "status.example.com", ".example.org", "*",
+                                     "10.0.0.5")
+
+
+def test_web_edge_settings() -> None:
+    s = Settings.from_env({})
+    assert (s.trusted_proxies, s.keepalive_timeout, s.read_timeout, s.max_connections) == ((), 5, 10.0, None)
+    s = Settings.from_env({"DATESYNC_TRUSTED_PROXIES": "*", "DATESYNC_KEEPALIVE_TIMEOUT": "75",
+                           "DATESYNC_READ_TIMEOUT": "2.5", "DATESYNC_MAX_CONNECTIONS": "1001"})
+    assert (s.trusted_proxies, s.keepalive_timeout, s.read_timeout, s.max_connections) == (("*",), 75, 2.5, 1001)
+    s = Settings.from_env({"DATESYNC_TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1,::1"})
+    assert s.trusted_proxies == ("10.0.0.0/8", "127.0.0.1", "::1")
+    assert Settings.from_env({"DATESYNC_TRUSTED_PROXIES": "10.0.0.1, *"}).trusted_proxies == ("*",)
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("DATESYNC_ALLOWED_HOSTS", "https://status.example.com"),
+        ("DATESYNC_ALLOWED_HOSTS", "status.example.com:443"),
+        ("DATESYNC_ALLOWED_HOSTS", "a b"),
+        ("DATESYNC_ALLOWED_HOSTS", ","),
+        ("RENDER_EXTERNAL_HOSTNAME", "not a host"),
+        ("DATESYNC_TRUSTED_PROXIES", "render.com"),
+        ("DATESYNC_TRUSTED_PROXIES", "10.0.0.0/33"),
+        ("DATESYNC_KEEPALIVE_TIMEOUT", "0"),
+        ("DATESYNC_KEEPALIVE_TIMEOUT", "1.5"),
+        ("DATESYNC_READ_TIMEOUT", "0"),
+        ("DATESYNC_MAX_CONNECTIONS", "many"),
+    ],
+)
+def test_bad_web_edge_values_name_the_variable(var: str, value: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({var: value})
+    assert var in str(info.value) and repr(value) in str(info.value)
+
+
+def test_the_connection_cap_must_leave_room_above_the_event_streams() -> None:
+    with pytest.raises(SettingsError, match=r"DATESYNC_MAX_CONNECTIONS=1000 .* DATESYNC_SSE_MAX_CLIENTS=1000"):
+        Settings.from_env({"DATESYNC_MAX_CONNECTIONS": "1000"})
+    with pytest.raises(SettingsError, match=r"DATESYNC_MAX_CONNECTIONS=50 .* DATESYNC_SSE_MAX_CLIENTS=50"):
+        Settings.from_env({"DATESYNC_MAX_CONNECTIONS": "50", "DATESYNC_SSE_MAX_CLIENTS": "50"})
+    assert Settings.from_env({"DATESYNC_MAX_CONNECTIONS": "51", "DATESYNC_SSE_MAX_CLIENTS": "50"}).max_connections == 51

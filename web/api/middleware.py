@@ -3,6 +3,8 @@ refused, and a body limit."""
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -55,13 +57,15 @@ class BodyLimit:
 
 
 class CrossSiteGuard:
-    """Refuse a mutating request that a browser marks as sent from another site, unless its origin is configured.
+    """Refuse a mutating request that a browser sends from another site, unless its origin is configured.
 
     A page anywhere can make its visitor's browser send a "simple" cross-origin POST (a text/plain body, or none
     at all for cancel and retry) that needs no CORS preflight, to any address the visitor reaches: a datesync on
     localhost or an intranet, typically without DATESYNC_API_TOKEN. CORS only hides the answer; the batch would
-    be created or cancelled. Browsers label every request with Sec-Fetch-Site, which a page cannot set; clients
-    that are not browsers (curl, the CLI) send none and are not affected.
+    be created or cancelled. Browsers say where such a request comes from: Origin on every POST, and, in current
+    ones, Sec-Fetch-Site, which a page cannot set. Either one from another site is refused; browsers without
+    Sec-Fetch-* still send Origin. Clients that are not browsers (curl, the CLI) send neither and are served.
+    Which Host names we answer to at all is web.hosts' concern: it runs first.
     """
 
     SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -73,13 +77,36 @@ class CrossSiteGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] not in self.SAFE_METHODS:
             headers = Headers(scope=scope)
-            site = (headers.get("sec-fetch-site") or "none").strip().lower()
+            site = (headers.get("sec-fetch-site") or "").strip().lower()
             origin = headers.get("origin")
-            if site not in ("same-origin", "none") and origin not in self.allowed:
+            if not self._allowed(site, origin, scope["scheme"], headers.get("host")):
                 error = OperationError(403, [problem("Origin", "cross_site", origin=shown(origin or site))])
                 await failure(error, preferred(headers.get("accept-language")))(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    def _allowed(self, site: str, origin: str | None, scheme: str, host: str | None) -> bool:
+        if origin is not None and origin in self.allowed:
+            return True
+        if site not in ("", "same-origin", "none"):
+            return False
+        # The browser's own verdict: behind a TLS proxy that is not trusted our scheme reads "http" while the
+        # page's Origin says https, and the page must still work.
+        if origin is None or site == "same-origin":
+            return True
+        return _origin_key(origin) is not None and _origin_key(origin) == _origin_key(f"{scheme}://{host or ''}")
+
+
+def _origin_key(origin: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an origin, the port made explicit; None for `null` or anything unparsable."""
+    try:
+        parts = urlsplit(origin.strip())
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+    except ValueError:
+        return None
+    if not parts.hostname or port is None or parts.path or parts.query or parts.username is not None:
+        return None
+    return parts.scheme.lower(), parts.hostname.rstrip("."), port
 
 
 def middleware(settings: Settings) -> list[Middleware]:

@@ -5,7 +5,8 @@ Environment (a named source reads `DATESYNC_<SOURCE>_HTTP_…` first, see daemon
 - `DATESYNC_HTTP_URL` (required): `https://api.example.com/orders?day={date}`; `{date}` is YYYY-MM-DD, and
   takes a strftime format too: `{date:%Y%m%d}`.
 - `DATESYNC_HTTP_HEADERS`: a JSON object of header names to values, e.g. `{"Authorization": "Bearer …"}`.
-  Never logged, never put in an error message.
+  Never logged, never put in an error message. An Authorization header here and a user:password in the URL
+  are refused together at start (the URL's would replace the header).
 - `DATESYNC_HTTP_TABLE` (required): `table` or `schema.table`, created when missing as
   `(day date, key text, payload jsonb, synced_at timestamptz, PRIMARY KEY (day, key))`. The name is quoted,
   so it is case-sensitive.
@@ -128,6 +129,8 @@ class HttpConfig:
         except ValueError as exc:
             raise SettingsError(f"{table_var}={table_raw!r} is invalid: {exc}") from None
         key = env.get("DATESYNC_HTTP_KEY") or "id"
+        headers = _headers(env)
+        _check_credentials(url, headers, url_var, env.name("DATESYNC_HTTP_HEADERS"))
         return cls(
             url=url,
             table=table,
@@ -135,7 +138,7 @@ class HttpConfig:
             rate=_number(env, "DATESYNC_HTTP_RATE", None),
             timeout=_number(env, "DATESYNC_HTTP_TIMEOUT", 30.0) or 30.0,
             schema=table.split(".")[0] if "." in table else None,
-            headers=_headers(env),
+            headers=headers,
             table_var=table_var,
         )
 
@@ -155,6 +158,18 @@ def _check_url(url: str, var: str) -> None:
     parts = urlsplit(formatted)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise SettingsError(f"{var} must be an http:// or https:// URL, got {safe_url(formatted)!r}")
+
+
+def _check_credentials(url: str, headers: tuple[tuple[str, str], ...], url_var: str, headers_var: str) -> None:
+    """Refuse a user:password in the URL next to an Authorization header: httpx would send Basic auth from the
+    URL in place of the header, silently. Neither value is shown: both are secrets."""
+    parts = urlsplit(url.format(date=datetime.date(2025, 1, 31)))  # _check_url made sure this works
+    has_userinfo = parts.username is not None or parts.password is not None
+    if has_userinfo and any(name.lower() == "authorization" for name, _ in headers):
+        raise SettingsError(
+            f"{url_var} carries a user:password and {headers_var} sets Authorization; the URL's credentials "
+            "would replace that header, so keep only one of them"
+        )
 
 
 def _number(env: SourceEnv, var: str, default: float | None) -> float | None:
