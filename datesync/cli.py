@@ -14,13 +14,14 @@ import asyncpg
 import structlog
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from daemon import logs
 from daemon.db.connect import wait_until_reachable
 from daemon.db.queries import q
 from daemon.errors import DatesyncError
-from daemon.runtime import database, prepare
+from daemon.runtime import database, prepare, variables
 from daemon.settings import Settings
 from datesync import service
 from datesync.follow import UrlOption, follow_batch
@@ -54,9 +55,21 @@ def _settings(**overrides: object) -> Settings:
         if overrides.get(key) is not None:
             os.environ[var] = str(overrides[key])
     settings = Settings.from_env()
-    level = os.environ.get("LOG_LEVEL", "info").upper()
-    logs.configure(settings.log_format, getattr(logging, level, logging.INFO))
+    logs.configure(settings.log_format, getattr(logging, settings.log_level.upper()))
     return settings
+
+
+def _fail(exc: DatesyncError, *, logged: bool) -> typer.Exit:
+    """Print the error as one line (a JSON line when logs are JSON and configured) and give exit code 2."""
+    message = logs.scrub_text(str(exc))
+    if logged and os.environ.get("LOG_FORMAT", "").strip() == "json":
+        # A log collector reads JSON lines: the last word must be one too.
+        structlog.get_logger("datesync.cli").error("command_failed", error=message)
+    else:
+        # soft_wrap: rich would otherwise break a long message at the terminal's width (80 columns in a pipe);
+        # escape: a message may hold [brackets] that rich would read as markup.
+        err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    return typer.Exit(2)
 
 
 def _event_loop_run(coro: Coroutine[Any, Any, T]) -> T:
@@ -73,12 +86,7 @@ def _run(coro_factory: Callable[[], Awaitable[T]]) -> T:
     try:
         return _event_loop_run(coro_factory())  # type: ignore[arg-type]
     except DatesyncError as exc:
-        if os.environ.get("LOG_FORMAT", "").strip() == "json":
-            # A log collector reads JSON lines: the last word must be one too.
-            structlog.get_logger("datesync.cli").error("command_failed", error=str(exc))
-        else:
-            err.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        raise _fail(exc, logged=True) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 
@@ -87,8 +95,7 @@ def _settings_or_exit(**overrides: object) -> Settings:
     try:
         return _settings(**overrides)
     except DatesyncError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        raise _fail(exc, logged=False) from None
 
 
 @app.command()
@@ -140,7 +147,7 @@ async def _with_conn(settings: Settings, fn: Callable[[asyncpg.Connection], Awai
     async with database(settings, own_embedded=False) as db:
         if db.embedded is not None:  # we started it just for this command: make sure the schema exists
             await prepare(db, settings, service.sources_for(settings))
-        conn = await wait_until_reachable(db.dsn, 30, "datesync-cli")
+        conn = await wait_until_reachable(db.dsn, settings.startup_timeout, "datesync-cli", variables(db, settings)[0])
         try:
             return await fn(conn)
         finally:
