@@ -89,22 +89,26 @@ def variables(db: Database, settings: Settings) -> tuple[str | None, str | None]
 
 
 async def prepare(db: Database, settings: Settings, sources: Mapping[str, str]) -> None:
-    """Wait for the database, check both endpoints, apply migrations, and register settings and sources.
+    """Wait for the database, apply migrations, and register settings and sources.
 
     Through the direct endpoint: migrations hold a session-level advisory lock, which a transaction pooler
     (Neon's -pooler) would take on one server connection and try to release on another, leaving it held."""
     refuse_pooled_direct(db, settings)
-    queries, direct = variables(db, settings)
-    conn = await wait_until_reachable(db.direct_dsn, settings.startup_timeout, "datesync-migrate", direct)
+    conn = await wait_until_reachable(db.direct_dsn, settings.startup_timeout, "datesync-migrate",
+                                      variables(db, settings)[1])
     try:
-        if db.dsn != db.direct_dsn:
-            # The pool opens its connections lazily: a wrong DATABASE_URL would otherwise surface only at the
-            # first query, as a traceback, after the migrations ran through the right direct URL.
-            probe = await wait_until_reachable(db.dsn, settings.startup_timeout, "datesync-check", queries)
-            await probe.close()
         await migrate_and_register(conn, settings, sources)
     finally:
         await conn.close()
+
+
+async def check_queries_endpoint(db: Database, settings: Settings) -> None:
+    """When DATABASE_URL is not the URL prepare() used, connect to it once: the pool opens its connections
+    lazily, so a wrong one would otherwise surface only at the first query, as a traceback."""
+    if db.dsn != db.direct_dsn:
+        probe = await wait_until_reachable(db.dsn, settings.startup_timeout, "datesync-check",
+                                           variables(db, settings)[0])
+        await probe.close()
 
 
 async def migrate_and_register(conn: asyncpg.Connection, settings: Settings, sources: Mapping[str, str]) -> None:

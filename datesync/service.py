@@ -15,7 +15,14 @@ import uvicorn
 from daemon.db.connect import create_pool
 from daemon.errors import DatesyncError
 from daemon.keepawake import KeepAwake
-from daemon.runtime import Database, check_endpoints, database, prepare
+from daemon.runtime import (
+    Database,
+    check_endpoints,
+    check_queries_endpoint,
+    database,
+    prepare,
+    refuse_pooled_direct,
+)
 from daemon.settings import Settings
 from daemon.sync import handlers
 from daemon.sync.schedule import Schedule
@@ -66,7 +73,15 @@ async def serve(settings: Settings, *, web: bool, daemon: bool) -> None:
         sources = sources_for(settings)
         loaded = {name: handlers.load(spec, name) for name, spec in sources.items()} if daemon else {}
         async with database(settings) as db:
-            if not await _unless_stopped(prepare(db, settings, sources), stop):
+
+            async def start() -> None:
+                # Every URL checked before migrating: a pooler given as the direct URL (no network needed), then
+                # DATABASE_URL where it is not the URL the migrations use.
+                refuse_pooled_direct(db, settings)
+                await check_queries_endpoint(db, settings)
+                await prepare(db, settings, sources)
+
+            if not await _unless_stopped(start(), stop):
                 return
             check_endpoints(db, settings)  # said once both endpoints answered
             await _serve_with(db, settings, loaded, stop, web=web, sock=sock)
@@ -94,7 +109,7 @@ async def _unless_stopped(step: Coroutine[Any, Any, None], stop: asyncio.Event) 
 
 async def _serve_with(
     db: Database, settings: Settings, loaded: dict[str, handlers.Handler], stop: asyncio.Event, *, web: bool,
-    sock: socket.socket | None,
+    sock: socket.socket | None = None,
 ) -> None:
     role = "datesync" if web and loaded else ("datesync-web" if web else "datesync-daemon")
     pool = await create_pool(db.dsn, settings.pool_size, role)
