@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -235,3 +236,32 @@ def test_a_right_url_still_starts(server: TcpServer) -> None:
     """The classification lets a good URL through: migrate succeeds and says so on stdout."""
     ran = datesync("migrate", env={"DATABASE_URL": tcp(server)})
     assert ran.code == 0 and "Traceback" not in ran.stderr, ran.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_while_waiting_for_the_database_stops_at_once(sig: signal.Signals) -> None:
+    """The wait for an unreachable database (a minute by default) is cancelled by SIGTERM or SIGHUP, not waited
+    out, and the process exits 0 as after any requested stop."""
+    url = f"postgresql://app:{PASSWORD}@127.0.0.1:{free_port()}/datesync"
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DATABASE_DIRECT_URL")}
+    env.update({"DATABASE_URL": url, "LOG_FORMAT": "console", "PORT": str(free_port())})
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen([str(CLI), "run"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log,
+                                stdin=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 20
+            while "database_unreachable_retrying" not in (log.seek(0) or log.read()):
+                assert proc.poll() is None and time.monotonic() < deadline, log.read()
+                time.sleep(0.1)
+            signalled = time.monotonic()
+            proc.send_signal(sig)
+            code = proc.wait(20)
+            took = time.monotonic() - signalled
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        log.seek(0)
+        output = log.read()
+    assert code == 0 and took < 5, (code, took, output)
+    assert "Traceback" not in output and "stopped_during_startup" in output, output
