@@ -6,6 +6,7 @@ import asyncio
 import datetime
 import logging
 import os
+import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -81,12 +82,37 @@ def _event_loop_run(coro: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(coro)
 
 
+async def _cancelled_on_signals(coro: Awaitable[T], caught: list[signal.Signals]) -> T:
+    """Await `coro`; SIGTERM or SIGHUP (a closed terminal) cancels it, so its `finally` blocks run: an embedded
+    server a command started is stopped, not left behind. `serve` installs its own handlers over these."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+
+    def cancel(sig: signal.Signals) -> None:
+        caught.append(sig)
+        task.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, cancel, sig)
+    try:
+        return await coro
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+
 def _run(coro_factory: Callable[[], Awaitable[T]]) -> T:
     """Run a coroutine, turning datesync's errors into a one-line message and exit code 2."""
+    caught: list[signal.Signals] = []
     try:
-        return _event_loop_run(coro_factory())  # type: ignore[arg-type]
+        return _event_loop_run(_cancelled_on_signals(coro_factory(), caught))
     except DatesyncError as exc:
         raise _fail(exc, logged=True) from None
+    except asyncio.CancelledError:
+        if not caught:
+            raise
+        raise typer.Exit(128 + caught[0]) from None  # the shell's convention for "ended by a signal"
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 

@@ -238,15 +238,14 @@ def test_a_right_url_still_starts(server: TcpServer) -> None:
     assert ran.code == 0 and "Traceback" not in ran.stderr, ran.stderr
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
-def test_a_signal_while_waiting_for_the_database_stops_at_once(sig: signal.Signals) -> None:
-    """The wait for an unreachable database (a minute by default) is cancelled by SIGTERM or SIGHUP, not waited
-    out, and the process exits 0 as after any requested stop."""
+def signal_while_waiting(command: str, sig: signal.Signals) -> tuple[int, float, str]:
+    """Start `command` against a port nothing listens on, signal it once it says it waits, and return its exit
+    code, the seconds it took to exit and its log."""
     url = f"postgresql://app:{PASSWORD}@127.0.0.1:{free_port()}/datesync"
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DATABASE_DIRECT_URL")}
     env.update({"DATABASE_URL": url, "LOG_FORMAT": "console", "PORT": str(free_port())})
     with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen([str(CLI), "run"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log,
+        proc = subprocess.Popen([str(CLI), command], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log,
                                 stdin=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 20
@@ -262,6 +261,22 @@ def test_a_signal_while_waiting_for_the_database_stops_at_once(sig: signal.Signa
                 proc.kill()
                 proc.wait()
         log.seek(0)
-        output = log.read()
+        return code, took, log.read()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_while_waiting_for_the_database_stops_at_once(sig: signal.Signals) -> None:
+    """`run`: the wait for an unreachable database (a minute by default) is cancelled by SIGTERM or SIGHUP, not
+    waited out, and the process exits 0 as after any requested stop."""
+    code, took, output = signal_while_waiting("run", sig)
     assert code == 0 and took < 5, (code, took, output)
     assert "Traceback" not in output and "stopped_during_startup" in output, output
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_stops_a_short_command_through_its_cleanup(sig: signal.Signals) -> None:
+    """`migrate` (like status, watch, batch --follow): SIGTERM or SIGHUP cancels the command, so its clean-up runs
+    (an embedded server it started is stopped), and it exits 128 + the signal's number, quietly."""
+    code, took, output = signal_while_waiting("migrate", sig)
+    assert code == 128 + sig and took < 5, (code, took, output)
+    assert "Traceback" not in output, output
