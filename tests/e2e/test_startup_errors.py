@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -133,6 +134,13 @@ def test_a_missing_database(server: TcpServer, command: str) -> None:
     assert line == (f'error: DATABASE_URL={shown(url)}: the server has no database "nosuchdb"; create it '
                     "(CREATE DATABASE nosuchdb) or correct the database name at the end of the URL")
     assert PASSWORD not in line
+
+
+def test_a_refused_url_is_one_json_line_when_logs_are_json(server: TcpServer) -> None:
+    url = tcp(server, database="nosuchdb")
+    line = json.loads(one_line(datesync("run", env={"DATABASE_URL": url, "LOG_FORMAT": "json"})))
+    assert (line["event"], line["level"]) == ("command_failed", "error")
+    assert line["error"].startswith(f'DATABASE_URL={shown(url)}: the server has no database "nosuchdb"')
 
 
 def test_an_unknown_role(server: TcpServer) -> None:
