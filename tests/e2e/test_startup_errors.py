@@ -60,7 +60,6 @@ class TcpServer(EmbeddedPostgres):
 def server() -> Iterator[TcpServer]:
     folder = Path(tempfile.mkdtemp(prefix="dsstartup-pg-"))
     pg = TcpServer(folder / "data", free_port())
-    pg.start()
 
     async def roles() -> None:
         conn = await asyncpg.connect(pg.dsn())
@@ -71,7 +70,8 @@ def server() -> Iterator[TcpServer]:
         finally:
             await conn.close()
 
-    try:
+    try:  # a failed start leaves a folder (and maybe a server) to remove too
+        pg.start()
         asyncio.run(roles())
         yield pg
     finally:
