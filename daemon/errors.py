@@ -18,6 +18,10 @@ class DatabaseUnavailable(DatesyncError):
     """The database cannot be reached."""
 
 
+class DatabaseRefused(DatesyncError):
+    """The database server answered and refused the connection: a wrong URL that no retry can fix."""
+
+
 class EmbeddedDatabaseError(DatesyncError):
     """The embedded PostgreSQL server could not be started."""
 

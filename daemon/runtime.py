@@ -22,9 +22,6 @@ from daemon.settings import Settings
 
 log = structlog.get_logger("datesync.runtime")
 
-STARTUP_TIMEOUT = 60.0  # how long start-up waits for an unreachable database before giving up
-
-
 @dataclasses.dataclass
 class Database:
     """Where the database is: the DSN for queries and the direct one for LISTEN."""
@@ -84,17 +81,34 @@ async def database(settings: Settings, *, own_embedded: bool = True) -> AsyncIte
         await asyncio.to_thread(server.stop)
 
 
+def variables(db: Database, settings: Settings) -> tuple[str | None, str | None]:
+    """The variables the user set for the query and the direct endpoints, to name in errors (None: embedded)."""
+    if db.embedded is not None or not settings.database_url:
+        return None, None
+    return "DATABASE_URL", "DATABASE_DIRECT_URL" if settings.database_direct_url else "DATABASE_URL"
+
+
 async def prepare(db: Database, settings: Settings, sources: Mapping[str, str]) -> None:
     """Wait for the database, apply migrations, and register settings and sources.
 
     Through the direct endpoint: migrations hold a session-level advisory lock, which a transaction pooler
     (Neon's -pooler) would take on one server connection and try to release on another, leaving it held."""
     refuse_pooled_direct(db, settings)
-    conn = await wait_until_reachable(db.direct_dsn, STARTUP_TIMEOUT, "datesync-migrate")
+    conn = await wait_until_reachable(db.direct_dsn, settings.startup_timeout, "datesync-migrate",
+                                      variables(db, settings)[1])
     try:
         await migrate_and_register(conn, settings, sources)
     finally:
         await conn.close()
+
+
+async def check_queries_endpoint(db: Database, settings: Settings) -> None:
+    """When DATABASE_URL is not the URL prepare() used, connect to it once: the pool opens its connections
+    lazily, so a wrong one would otherwise surface only at the first query, as a traceback."""
+    if db.dsn != db.direct_dsn:
+        probe = await wait_until_reachable(db.dsn, settings.startup_timeout, "datesync-check",
+                                           variables(db, settings)[0])
+        await probe.close()
 
 
 async def migrate_and_register(conn: asyncpg.Connection, settings: Settings, sources: Mapping[str, str]) -> None:

@@ -12,8 +12,10 @@ from collections.abc import Callable, Mapping
 from datetime import time
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from daemon.db.dsn import redact
 from daemon.errors import SettingsError
 from daemon.sources import SourceSpec, configured, parse_sources
 
@@ -46,6 +48,8 @@ class Settings:
     keepawake_url: str | None = None  # our public address (DATESYNC_KEEPAWAKE_URL, else RENDER_EXTERNAL_URL)
     data_dir: Path = Path(".datesync")
     log_format: str = "console"
+    log_level: str = "info"
+    startup_timeout: float = 60.0  # seconds start-up retries an unreachable database before giving up
     shutdown_grace: float = 20.0  # seconds running dates get on SIGTERM before they are handed back
     # The web's edges.
     allowed_hosts: tuple[str, ...] = ()  # DATESYNC_ALLOWED_HOSTS, on top of our own names (`served_hosts`)
@@ -98,8 +102,8 @@ class Settings:
         env = os.environ if env is None else env
         r = _Reader(env)
         settings = cls(
-            database_url=r.text("DATABASE_URL"),
-            database_direct_url=r.text("DATABASE_DIRECT_URL"),
+            database_url=_database_url(r, "DATABASE_URL"),
+            database_direct_url=_database_url(r, "DATABASE_DIRECT_URL"),
             host=r.text("HOST") or "127.0.0.1",
             port=r.parse("PORT", 8000, _int_between(1, 65535)),
             handler=r.text("DATESYNC_HANDLER") or "demo",
@@ -120,6 +124,8 @@ class Settings:
             keepawake_url=r.text("DATESYNC_KEEPAWAKE_URL") or r.text("RENDER_EXTERNAL_URL"),
             data_dir=Path(r.text("DATESYNC_DATA_DIR") or ".datesync"),
             log_format=r.parse("LOG_FORMAT", "console" if sys.stderr.isatty() else "json", _log_format),
+            log_level=r.parse("LOG_LEVEL", "info", _log_level),
+            startup_timeout=r.parse("DATESYNC_STARTUP_TIMEOUT", 60.0, _positive_float),
             shutdown_grace=r.parse("DATESYNC_SHUTDOWN_GRACE", 20.0, _non_negative_float),
             allowed_hosts=r.parse("DATESYNC_ALLOWED_HOSTS", (), _hosts),
             render_hostname=r.parse("RENDER_EXTERNAL_HOSTNAME", None, _host_pattern),
@@ -159,6 +165,24 @@ class _Reader:
             return convert(raw)
         except ValueError as exc:
             raise SettingsError(f"{name}={raw!r} is invalid: {exc}") from None
+
+
+def _database_url(r: _Reader, name: str) -> str | None:
+    """A PostgreSQL URL whose scheme and port asyncpg can use. Checked here, not at connect time: a misspelt scheme
+    would otherwise be retried as an unreachable server. The message masks the password, unlike other settings'."""
+    raw = r.text(name)
+    if raw is None:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise SettingsError(f"{name}={redact(raw)}: the scheme must be postgresql:// or postgres://, not "
+                            f"{parts.scheme or '(none)'}://; correct the start of the URL")
+    try:
+        parts.port  # noqa: B018 - parsing is the check
+    except ValueError:
+        raise SettingsError(f"{name}={redact(raw)}: the port after the host is not a number from 0 to 65535; "
+                            "correct it (or leave it out for 5432)") from None
+    return raw
 
 
 def _int_between(low: int, high: int) -> Callable[[str], int]:
@@ -268,6 +292,13 @@ def _proxies(raw: str) -> tuple[str, ...]:
             except ValueError:
                 raise ValueError(f"{item!r} is not an IP address, a network such as 10.0.0.0/8, or *") from None
     return items
+
+
+def _log_level(raw: str) -> str:
+    lowered = raw.lower()
+    if lowered not in ("debug", "info", "warning", "error"):
+        raise ValueError("expected debug, info, warning or error")
+    return lowered
 
 
 def _log_format(raw: str) -> str:

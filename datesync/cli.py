@@ -6,6 +6,7 @@ import asyncio
 import datetime
 import logging
 import os
+import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -24,7 +25,7 @@ from daemon.ops import batches, ledger
 from daemon.ops.messages import Lang, preferred
 from daemon.ops.problems import OperationError
 from daemon.ops.validation import Limits, parse_date, validate_batch
-from daemon.runtime import database, prepare
+from daemon.runtime import database, prepare, variables
 from daemon.settings import Settings
 from datesync import service
 from datesync.follow import UrlOption, follow_batch
@@ -67,9 +68,21 @@ def _settings(**overrides: object) -> Settings:
         if overrides.get(key) is not None:
             os.environ[var] = str(overrides[key])
     settings = Settings.from_env()
-    level = os.environ.get("LOG_LEVEL", "info").upper()
-    logs.configure(settings.log_format, getattr(logging, level, logging.INFO))
+    logs.configure(settings.log_format, getattr(logging, settings.log_level.upper()))
     return settings
+
+
+def _fail(message: str, *, logged: bool = True) -> NoReturn:
+    """Print the error as one line (a JSON line when logs are JSON and configured) and exit with code 2."""
+    message = logs.scrub_text(message)
+    if logged and os.environ.get("LOG_FORMAT", "").strip() == "json":
+        # A log collector reads JSON lines: the last word must be one too.
+        structlog.get_logger("datesync.cli").error("command_failed", error=message)
+    else:
+        # soft_wrap: rich would otherwise break a long message at the terminal's width (80 columns in a pipe);
+        # escape: a message may hold [brackets] that rich would read as markup.
+        err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(2)
 
 
 def _event_loop_run(coro: Coroutine[Any, Any, T]) -> T:
@@ -81,14 +94,39 @@ def _event_loop_run(coro: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(coro)
 
 
+async def _cancelled_on_signals(coro: Awaitable[T], caught: list[signal.Signals]) -> T:
+    """Await `coro`; SIGTERM or SIGHUP (a closed terminal) cancels it, so its `finally` blocks run: an embedded
+    server a command started is stopped, not left behind. `serve` installs its own handlers over these."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+
+    def cancel(sig: signal.Signals) -> None:
+        caught.append(sig)
+        task.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, cancel, sig)
+    try:
+        return await coro
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+
 def _run(coro_factory: Callable[[], Awaitable[T]]) -> T:
     """Run a coroutine, turning datesync's errors into a one-line message and exit code 2."""
+    caught: list[signal.Signals] = []
     try:
-        return _event_loop_run(coro_factory())  # type: ignore[arg-type]
+        return _event_loop_run(_cancelled_on_signals(coro_factory(), caught))
     except OperationError as exc:
         _fail(exc.text(cli_lang()))  # refused as the API refuses it, in the same words
     except DatesyncError as exc:
         _fail(str(exc))
+    except asyncio.CancelledError:
+        if not caught:
+            raise
+        raise typer.Exit(128 + caught[0]) from None  # the shell's convention for "ended by a signal"
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 
@@ -102,16 +140,6 @@ def cli_lang() -> Lang:
     return "en"
 
 
-def _fail(message: str) -> NoReturn:
-    """One line saying what went wrong, and exit 2."""
-    if os.environ.get("LOG_FORMAT", "").strip() == "json":
-        # A log collector reads JSON lines: the last word must be one too.
-        structlog.get_logger("datesync.cli").error("command_failed", error=message)
-    else:
-        err.print(f"[bold red]error:[/] {escape(message)}")
-    raise typer.Exit(2)
-
-
 def _limits(settings: Settings) -> Limits:
     return Limits(datetime.datetime.now(settings.tz).date(), settings.timezone, settings.max_range_days)
 
@@ -120,8 +148,7 @@ def _settings_or_exit(**overrides: object) -> Settings:
     try:
         return _settings(**overrides)
     except DatesyncError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        _fail(str(exc), logged=False)
 
 
 @app.command()
@@ -173,7 +200,7 @@ async def _with_conn(settings: Settings, fn: Callable[[asyncpg.Connection], Awai
     async with database(settings, own_embedded=False) as db:
         if db.embedded is not None:  # we started it just for this command: make sure the schema exists
             await prepare(db, settings, service.sources_for(settings))
-        conn = await wait_until_reachable(db.dsn, 30, "datesync-cli")
+        conn = await wait_until_reachable(db.dsn, settings.startup_timeout, "datesync-cli", variables(db, settings)[0])
         try:
             return await fn(conn)
         finally:

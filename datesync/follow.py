@@ -33,7 +33,7 @@ from rich.table import Table
 from daemon.db.connect import DB_ERRORS, wait_until_reachable
 from daemon.db.queries import q
 from daemon.errors import DatesyncError
-from daemon.runtime import database
+from daemon.runtime import database, variables
 from daemon.settings import Settings
 
 API_PREFIX = "/api/v1/sync-status"
@@ -252,7 +252,8 @@ class Follower:
     async def _from_database(self) -> None:
         async with database(self.settings, own_embedded=False) as db:
             # One direct connection both LISTENs and reads; any failure returns to run(), which resumes.
-            conn = await wait_until_reachable(db.direct_dsn, 30, "datesync-follow")
+            conn = await wait_until_reachable(db.direct_dsn, self.settings.startup_timeout, "datesync-follow",
+                                              variables(db, self.settings)[1])
             try:
                 await self._follow_log(conn)
             finally:

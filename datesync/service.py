@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Iterator
+import socket
+from collections.abc import Coroutine, Iterator
+from typing import Any
 
 import structlog
 import uvicorn
@@ -13,11 +15,19 @@ import uvicorn
 from daemon.db.connect import create_pool
 from daemon.errors import DatesyncError
 from daemon.keepawake import KeepAwake
-from daemon.runtime import Database, check_endpoints, database, prepare
+from daemon.runtime import (
+    Database,
+    check_endpoints,
+    check_queries_endpoint,
+    database,
+    prepare,
+    refuse_pooled_direct,
+)
 from daemon.settings import Settings
 from daemon.sync import handlers
 from daemon.sync.schedule import Schedule
 from daemon.sync.worker import Daemon, new_worker_id
+from datesync import listen
 from web.app import create_app
 from web.serving import uvicorn_config
 from web.state import AppState
@@ -33,10 +43,10 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def _serve_web(server: _Server) -> None:
-    # uvicorn reports a failed start (port in use) with sys.exit(1); make it an ordinary error.
+async def _serve_web(server: _Server, sock: socket.socket) -> None:
+    # The port was bound at start (datesync/listen.py); uvicorn may still sys.exit(1) on a failed start.
     try:
-        await server.serve()
+        await server.serve(sockets=[sock])
     except SystemExit:
         raise DatesyncError("the web server could not start (see the log above)") from None
 
@@ -52,21 +62,55 @@ def source_caps(settings: Settings) -> dict[str, int]:
 
 
 async def serve(settings: Settings, *, web: bool, daemon: bool) -> None:
-    """Run until SIGTERM/SIGINT, then shut down gracefully: stop intake, drain or hand back, exit."""
+    """Run until SIGTERM, SIGINT or SIGHUP, then shut down gracefully: stop intake, drain or hand back, exit."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # SIGHUP too: closing the terminal must not kill us at once and leave the embedded server running.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
-    sources = sources_for(settings)
-    loaded = {name: handlers.load(spec, name) for name, spec in sources.items()} if daemon else {}
-    async with database(settings) as db:
-        check_endpoints(db, settings)  # before anything connects: a pooler URL for LISTEN is refused here
-        await prepare(db, settings, sources)
-        await _serve_with(db, settings, loaded, stop, web=web)
+    # The port first: a taken one is found before the embedded server starts or any migration runs.
+    sock = listen.bind(settings) if web else None
+    try:
+        sources = sources_for(settings)
+        loaded = {name: handlers.load(spec, name) for name, spec in sources.items()} if daemon else {}
+        async with database(settings) as db:
+
+            async def start() -> None:
+                # Every URL checked before migrating: a pooler given as the direct URL (no network needed), then
+                # DATABASE_URL where it is not the URL the migrations use.
+                refuse_pooled_direct(db, settings)
+                await check_queries_endpoint(db, settings)
+                await prepare(db, settings, sources)
+
+            if not await _unless_stopped(start(), stop):
+                return
+            check_endpoints(db, settings)  # said once both endpoints answered
+            await _serve_with(db, settings, loaded, stop, web=web, sock=sock)
+    finally:
+        if sock is not None:
+            sock.close()
+
+
+async def _unless_stopped(step: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """Run a start-up step; False when a signal came first. The step is cancelled then, so a SIGTERM or SIGHUP
+    during a minute's wait for the database stops the process at once (the embedded server included)."""
+    task = asyncio.ensure_future(step)
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if task.done():
+        task.result()
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    log.info("stopped_during_startup")
+    return False
 
 
 async def _serve_with(
-    db: Database, settings: Settings, loaded: dict[str, handlers.Handler], stop: asyncio.Event, *, web: bool
+    db: Database, settings: Settings, loaded: dict[str, handlers.Handler], stop: asyncio.Event, *, web: bool,
+    sock: socket.socket | None = None,
 ) -> None:
     role = "datesync" if web and loaded else ("datesync-web" if web else "datesync-daemon")
     pool = await create_pool(db.dsn, settings.pool_size, role)
@@ -102,7 +146,8 @@ async def _serve_with(
             )
             config = uvicorn_config(create_app(state), settings, timeout_graceful_shutdown=5)
             server = _Server(config)
-            tasks.append(asyncio.create_task(_serve_web(server), name="web"))
+            assert sock is not None
+            tasks.append(asyncio.create_task(_serve_web(server, sock), name="web"))
             log.info("web_listening", url=f"http://{settings.host}:{settings.port}")
         stopper = asyncio.create_task(stop.wait(), name="stop")
         done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)

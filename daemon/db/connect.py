@@ -13,7 +13,8 @@ import structlog
 from asyncpg.pool import PoolConnectionProxy
 
 from daemon.db import dsn as dsns
-from daemon.errors import DatabaseUnavailable
+from daemon.db import refusals
+from daemon.errors import DatabaseRefused, DatabaseUnavailable
 
 log = structlog.get_logger("datesync.db")
 
@@ -27,6 +28,9 @@ CONNECT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.AdminShutdownError,
 )
+
+# While start-up waits for the database, a line this often (seconds) says it still does.
+STILL_WAITING_EVERY = 5.0
 
 # Any database failure worth retrying or reporting rather than crashing on.
 DB_ERRORS: tuple[type[BaseException], ...] = (*CONNECT_ERRORS, asyncpg.PostgresError)
@@ -80,25 +84,42 @@ async def create_pool(dsn: str, size: int, application_name: str) -> asyncpg.Poo
     return pool
 
 
-async def wait_until_reachable(dsn: str, timeout: float, application_name: str) -> asyncpg.Connection:
+async def wait_until_reachable(
+    dsn: str, timeout: float, application_name: str, variable: str | None = "DATABASE_URL"
+) -> asyncpg.Connection:
     """Connect, retrying with capped backoff for up to `timeout` seconds (a database that is still starting,
-    or a Neon compute waking up); raise DatabaseUnavailable with the last error after that."""
-    deadline = time.monotonic() + timeout
+    or a Neon compute waking up), with a line every few seconds. Raise DatabaseRefused at once when the server
+    refuses the URL itself (no retry fixes a missing database), DatabaseUnavailable when the time is up; both
+    messages name `variable`, the URL with its password masked, and the cause."""
+    started = time.monotonic()
+    deadline = started + timeout
     delay = 0.25
     attempt = 0
+    said = 0.0
     while True:
         attempt += 1
         try:
             return await connect(dsn, application_name)
-        except CONNECT_ERRORS as exc:
-            remaining = deadline - time.monotonic()
+        except DB_ERRORS as exc:  # any server error too: a refusal is told apart from a server still starting
+            reason = refusals.refused(exc, dsn)
+            if reason is not None:
+                raise DatabaseRefused(f"{refusals.label(variable, dsn)}: {reason}") from exc
+            cause = refusals.unreachable(exc, dsn)
+            now = time.monotonic()
+            remaining = deadline - now
             if remaining <= 0:
                 raise DatabaseUnavailable(
-                    f"cannot reach the database at {dsns.redact(dsn)} after {attempt} attempts: "
-                    f"{type(exc).__name__}: {exc}"
+                    f"{refusals.label(variable, dsn)}: cannot reach the database after {attempt} attempts in "
+                    f"{timeout:g} s ({cause}); check the host and port and that the server is running, or give it "
+                    "longer with DATESYNC_STARTUP_TIMEOUT"
                 ) from exc
             if attempt == 1:
-                log.warning("database_unreachable_retrying", error=f"{type(exc).__name__}: {exc}",
+                log.warning("database_unreachable_retrying", variable=variable, url=dsns.redact(dsn), error=cause,
                             give_up_in_s=round(remaining, 1))
+                said = now
+            elif now - said >= STILL_WAITING_EVERY:
+                log.warning("database_still_unreachable", variable=variable, url=dsns.redact(dsn), error=cause,
+                            waited_s=round(now - started, 1), give_up_in_s=round(remaining, 1))
+                said = now
             await asyncio.sleep(min(delay, remaining) * random.uniform(0.8, 1.2))
             delay = min(delay * 2, 5.0)

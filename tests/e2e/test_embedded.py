@@ -197,3 +197,18 @@ def test_a_second_owner_gets_a_clear_error(data_dir: Path) -> None:
             EmbeddedPostgres(data_dir).start()
     finally:
         first.stop()
+
+
+def test_sighup_stops_run_like_sigterm_embedded_server_included(data_dir: Path) -> None:
+    """Closing the terminal sends SIGHUP: datesync shuts down gracefully and stops the server it started."""
+    port = free_port()
+    proc = start_run(data_dir, port)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", proc)
+        assert len(postgres_pids(data_dir)) == 1
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert postgres_pids(data_dir) == [], "SIGHUP must stop the embedded server"

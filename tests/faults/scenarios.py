@@ -694,7 +694,7 @@ async def startup_waits_for_database(server: DedicatedServer, seed: int, scale: 
 
 
 async def startup_gives_up(rate: float = 30.0) -> Figures:
-    """`datesync daemon` against a port that never opens: it retries for STARTUP_TIMEOUT (60 s), then exits 2
+    """`datesync daemon` against a port that never opens: it retries for DATESYNC_STARTUP_TIMEOUT (60 s), then exits 2
     with "cannot reach the database", one warning on the way, and the password nowhere in its output. `rate` > 1
     runs the daemon's monotonic clock that much faster (tests.faults.clockshim) so the minute passes in seconds."""
     started = time.monotonic()

@@ -41,7 +41,8 @@ async def test_a_daemon_started_before_its_database_waits_then_serves(own_server
 
 
 async def test_a_database_that_never_answers_ends_the_daemon_with_exit_2_and_a_clear_message() -> None:
-    """STARTUP_TIMEOUT is 60 s (too long for the suite, and not configurable: reported); the daemon runs here under
-    a clock 30 times fast, so the minute passes in about five seconds of real retries."""
+    """With the default DATESYNC_STARTUP_TIMEOUT (60 s, too long for the suite) the daemon runs here under a clock
+    30 times fast, so the minute passes in about five seconds of real retries (tests/e2e/test_startup_errors.py
+    sets the variable instead)."""
     fig = await scenarios.startup_gives_up(rate=30.0)
     assert not fig.problems, fig.failure()

@@ -40,6 +40,8 @@ def test_values_are_parsed() -> None:
         ("DATESYNC_SCHEDULE", "2:30"),
         ("DATESYNC_KEEPAWAKE", "maybe"),
         ("LOG_FORMAT", "xml"),
+        ("LOG_LEVEL", "verbose"),
+        ("DATESYNC_STARTUP_TIMEOUT", "0"),
         ("DATESYNC_MAX_RANGE_DAYS", "0"),
     ],
 )
@@ -105,3 +107,33 @@ def test_the_connection_cap_must_leave_room_above_the_event_streams() -> None:
     with pytest.raises(SettingsError, match=r"DATESYNC_MAX_CONNECTIONS=50 .* DATESYNC_SSE_MAX_CLIENTS=50"):
         Settings.from_env({"DATESYNC_MAX_CONNECTIONS": "50", "DATESYNC_SSE_MAX_CLIENTS": "50"})
     assert Settings.from_env({"DATESYNC_MAX_CONNECTIONS": "51", "DATESYNC_SSE_MAX_CLIENTS": "50"}).max_connections == 51
+
+
+def test_log_level_and_startup_timeout() -> None:
+    assert (Settings.from_env({}).log_level, Settings.from_env({}).startup_timeout) == ("info", 60)
+    s = Settings.from_env({"LOG_LEVEL": "WARNING", "DATESYNC_STARTUP_TIMEOUT": "2.5"})
+    assert (s.log_level, s.startup_timeout) == ("warning", 2.5)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgressql://app:s3cret-pw@db.example.com/app",
+         "DATABASE_URL=postgressql://app:***@db.example.com/app: the scheme must be postgresql:// or postgres://, "
+         "not postgressql://; correct the start of the URL"),
+        ("db.example.com:5432/app", "DATABASE_URL=db.example.com:5432/app: the scheme must be postgresql:// or "
+         "postgres://, not db.example.com://; correct the start of the URL"),
+        ("postgresql://app:s3cret-pw@db.example.com:54x2/app",
+         "DATABASE_URL=postgresql://app:***@db.example.com:54x2/app: the port after the host is not a number from 0 "
+         "to 65535; correct it (or leave it out for 5432)"),
+    ],
+)
+def test_a_malformed_database_url_is_refused_with_its_password_masked(url: str, message: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"DATABASE_URL": url})
+    assert str(info.value) == message
+
+
+def test_postgres_and_postgresql_schemes_are_accepted() -> None:
+    for url in ("postgres://u@h/d", "postgresql://u:p@h:5433/d?sslmode=require"):
+        assert Settings.from_env({"DATABASE_DIRECT_URL": url}).database_direct_url == url
