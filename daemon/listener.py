@@ -7,7 +7,6 @@ for anything it missed while the connection was down.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -15,6 +14,7 @@ import asyncpg
 import structlog
 
 from daemon import metrics
+from daemon.backoff import Backoff
 from daemon.db import dsn as dsns
 from daemon.db.connect import DB_ERRORS, connect
 from daemon.errors import SettingsError
@@ -67,7 +67,7 @@ class Listener:
 
     async def run(self) -> None:
         """Hold the connection; return only when cancelled."""
-        backoff = 0.25
+        backoff = Backoff(0.25, cap=self.max_backoff, jitter=(0.5, 1.0))
         failures = 0
         down_since: float | None = None
         while True:
@@ -86,7 +86,7 @@ class Listener:
                              down_s=round(time.monotonic() - down_since, 2))
                 else:
                     log.info("listener_connected", channels=list(self.channels))
-                failures, backoff, down_since = 0, 0.25, None
+                failures, down_since = 0, None
                 self.connected.set()
                 if self.on_connect is not None:
                     await self.on_connect()
@@ -112,10 +112,9 @@ class Listener:
                 log.info("listener_waiting_for_activity")
                 self._resume.clear()
                 await self._resume.wait()
-                backoff = 0.25
+                failures = 0
                 continue
-            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
-            backoff = min(backoff * 2, self.max_backoff)
+            await asyncio.sleep(backoff.delay(failures))
 
     async def _watch(self, conn: asyncpg.Connection, lost: asyncio.Event) -> None:
         # The termination listener sees a closed socket at once; the ping finds a half-open one (not while

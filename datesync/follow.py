@@ -35,10 +35,11 @@ from daemon.db.queries import q
 from daemon.errors import DatesyncError
 from daemon.runtime import database, variables
 from daemon.settings import Settings
+from daemon.states import FINAL_TASK
 
 API_PREFIX = "/api/v1/sync-status"
 EVENT_CHANNEL = "datesync_event"
-FINISHED = ("succeeded", "failed", "skipped", "cancelled")
+FINISHED = tuple(s.value for s in FINAL_TASK)
 UNREADABLE: tuple[type[BaseException], ...] = (DatesyncError, *DB_ERRORS)  # our database cannot be read
 RESUMABLE: tuple[type[BaseException], ...] = (httpx.TransportError, *DB_ERRORS)  # a lost connection: resume
 PAGE = 500

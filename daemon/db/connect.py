@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 from typing import Any
 
@@ -12,11 +11,15 @@ import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
+from daemon.backoff import Backoff
 from daemon.db import dsn as dsns
 from daemon.db import refusals
 from daemon.errors import DatabaseRefused, DatabaseUnavailable
 
 log = structlog.get_logger("datesync.db")
+
+# Waits between connection attempts at start-up (a server still starting, a compute waking up).
+STARTUP_RETRY = Backoff(0.25, cap=5.0)
 
 # Errors that mean "the server is not there (yet)": worth retrying at start-up.
 CONNECT_ERRORS: tuple[type[BaseException], ...] = (
@@ -93,7 +96,6 @@ async def wait_until_reachable(
     messages name `variable`, the URL with its password masked, and the cause."""
     started = time.monotonic()
     deadline = started + timeout
-    delay = 0.25
     attempt = 0
     said = 0.0
     while True:
@@ -121,5 +123,4 @@ async def wait_until_reachable(
                 log.warning("database_still_unreachable", variable=variable, url=dsns.redact(dsn), error=cause,
                             waited_s=round(now - started, 1), give_up_in_s=round(remaining, 1))
                 said = now
-            await asyncio.sleep(min(delay, remaining) * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, 5.0)
+            await asyncio.sleep(min(STARTUP_RETRY.delay(attempt), remaining))

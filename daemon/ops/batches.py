@@ -17,8 +17,7 @@ from daemon.db.queries import q
 from daemon.ops import present
 from daemon.ops.problems import Msg, OperationError, problem, shown
 from daemon.ops.validation import ALLOWED_FIELDS, BatchRequest
-
-UNFINISHED = ("queued", "running")
+from daemon.states import UNFINISHED_BATCH
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -124,7 +123,7 @@ async def retry(conn: Conn, batch_id: int) -> tuple[dict[str, Any], int, Msg]:
             await conn.execute(q("event_insert_batch"), batch_id, "running", {"retry": retried["requeued"]})
     batch = await get(conn, batch_id)
     if retried is None:
-        key = "retry_unfinished" if batch["state"] in UNFINISHED else "retry_nothing"
+        key = "retry_unfinished" if batch["state"] in UNFINISHED_BATCH else "retry_nothing"
         raise OperationError(409, [problem("id", key, id=batch_id, state=batch["state"])])
     requeued = int(retried["requeued"])
     return batch, requeued, Msg("retry_started", {"id": batch_id, "requeued": requeued})

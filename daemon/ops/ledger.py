@@ -14,6 +14,7 @@ from daemon.ops import present
 from daemon.ops.batches import require_source
 from daemon.ops.problems import OperationError, problem
 from daemon.ops.validation import Limits, check_source, span_problems
+from daemon.states import UNFINISHED_BATCH
 
 DEFAULT_GAP_DAYS = 30  # the range when `from` is not given: the 30 days up to `to`
 
@@ -78,6 +79,5 @@ async def summary(conn: Conn, *, source: str | None, first: datetime.date | None
 
 async def unfinished_batches(conn: Conn) -> list[dict[str, Any]]:
     """Batches still queued or running, oldest first."""
-    rows = [*await conn.fetch(q("batch_list_newest"), "running", None, 0),
-            *await conn.fetch(q("batch_list_newest"), "queued", None, 0)]
+    rows = [row for state in UNFINISHED_BATCH for row in await conn.fetch(q("batch_list_newest"), state, None, 0)]
     return sorted((present.batch(r) for r in rows), key=lambda b: b["id"])

@@ -18,11 +18,14 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import structlog
 
+from daemon.backoff import Backoff
 from daemon.db.connect import DB_ERRORS
 from daemon.db.queries import q
 from daemon.sync.outcome import error_text
 
 log = structlog.get_logger("datesync.schedule")
+# Waits after failed looks at the database; the next slot's own wait stays the limit.
+RETRY = Backoff(2.0, cap=60.0)
 
 Clock = Callable[[], datetime.datetime]
 DAY = datetime.timedelta(days=1)
@@ -134,5 +137,5 @@ class Schedule:
             except DB_ERRORS as exc:
                 failures += 1
                 log.warning("schedule_database_error", error=error_text(exc), failures=failures)
-                wait = min(2.0**failures, 60.0)
+                wait = RETRY.delay(failures)
             await asyncio.sleep(min(max(wait, 0.0), self.poll))

@@ -9,6 +9,7 @@ from starlette.responses import Response
 from daemon.db.queries import q
 from daemon.ops import batches, present
 from daemon.ops.messages import preferred
+from daemon.states import BatchState
 from web.api.auth import require_token
 from web.api.envelope import success
 from web.api.params import Query, batch_id
@@ -16,7 +17,7 @@ from web.state import AppState
 
 log = structlog.get_logger("datesync.web")
 
-BATCH_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+BATCH_STATES = tuple(BatchState)
 
 
 async def list_batches(request: Request) -> Response:

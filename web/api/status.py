@@ -7,13 +7,14 @@ from starlette.responses import Response
 
 from daemon.db.queries import q
 from daemon.ops import ledger
-from daemon.ops.validation import SOURCE_NAME
+from daemon.ops.validation import SOURCE_NAME, span_problems
+from daemon.states import DayStatus
 from web.api.envelope import success
 from web.api.params import Query
 from web.api.submit import limits
 from web.state import AppState
 
-DAY_STATUSES = ("running", "success", "failed")
+DAY_STATUSES = tuple(DayStatus)
 
 
 async def summary(request: Request) -> Response:
@@ -23,8 +24,9 @@ async def summary(request: Request) -> Response:
     status = query.choice("status", DAY_STATUSES)
     source = query.text("source", SOURCE_NAME)
     limit, offset = query.page(default_limit=100)
-    query.check()
     state: AppState = request.app.state.datesync
+    query.errors += span_problems(first, last, limits(state), past_only=False)  # every problem in one answer
+    query.check()
     async with state.pool.acquire() as conn:
         found = await ledger.summary(conn, source=source, first=first, last=last, status=status, limit=limit,
                                      offset=offset, limits=limits(state))

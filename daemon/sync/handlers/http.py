@@ -29,7 +29,6 @@ import dataclasses
 import datetime
 import email.utils
 import json
-import random
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -40,6 +39,7 @@ import asyncpg
 import httpx
 import structlog
 
+from daemon.backoff import Backoff
 from daemon.errors import HandlerError, SettingsError
 from daemon.sources import SourceEnv
 from daemon.sync.context import SyncContext
@@ -336,7 +336,7 @@ class HttpHandler:
                 problem = f"{type(exc).__name__}: {exc}".rstrip(": ")
                 if attempt == MAX_TRIES:
                     raise UpstreamError(f"GET {shown} failed after {MAX_TRIES} tries: {problem}") from None
-                await self._sleep(_backoff(attempt))
+                await self._sleep(PAGE_RETRY.delay(attempt))
                 continue
             if response.status_code in RETRY_STATUSES:
                 wait = retry_after_seconds(response.headers.get("retry-after"))
@@ -346,7 +346,7 @@ class HttpHandler:
                                         "the date will be retried later")
                 if attempt == MAX_TRIES:
                     raise UpstreamError(f"GET {shown} answered {status} {MAX_TRIES} times")
-                await self._sleep(_backoff(attempt) if wait is None else wait)
+                await self._sleep(PAGE_RETRY.delay(attempt) if wait is None else wait)
                 continue
             if response.is_redirect:
                 location = safe_url(response.url.join(response.headers.get("location", "")))
@@ -393,8 +393,8 @@ def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
     return url.scheme, url.host, url.port
 
 
-def _backoff(attempt: int) -> float:
-    return min(0.5 * 2 ** (attempt - 1), 5.0) * random.uniform(0.8, 1.2)
+# Waits between tries of one page within an attempt (429 without Retry-After, 5xx, a dropped connection).
+PAGE_RETRY = Backoff(0.5, cap=5.0)
 
 
 def _snippet(response: httpx.Response, limit: int = 200) -> str:
