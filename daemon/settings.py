@@ -24,6 +24,9 @@ class Settings:
 
     database_url: str | None = None
     database_direct_url: str | None = None
+    # Whether DATABASE_URL leads through a transaction pooler: "auto" (when it differs from DATABASE_DIRECT_URL,
+    # or is Neon's -pooler host), "on" or "off".
+    pooled: str = "auto"
     host: str = "127.0.0.1"
     port: int = 8000
     handler: str = "demo"
@@ -76,6 +79,7 @@ class Settings:
         settings = cls(
             database_url=r.text("DATABASE_URL"),
             database_direct_url=r.text("DATABASE_DIRECT_URL"),
+            pooled=r.parse("DATESYNC_POOLED", "auto", _pooled),
             host=r.text("HOST") or "127.0.0.1",
             port=r.parse("PORT", 8000, _int_between(1, 65535)),
             handler=r.text("DATESYNC_HANDLER") or "demo",
@@ -191,6 +195,13 @@ def _bool(raw: str) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise ValueError("expected 1 or 0")
+
+
+def _pooled(raw: str) -> str:
+    lowered = raw.lower()
+    if lowered not in ("auto", "on", "off"):
+        raise ValueError("expected auto, on or off")
+    return lowered
 
 
 def _log_format(raw: str) -> str:
