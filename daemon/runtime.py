@@ -72,12 +72,6 @@ def refuse_pooled_direct(db: Database, settings: Settings) -> None:
             f"DATESYNC_POOLED=off, but DATABASE_URL is a Neon -pooler endpoint ({urlsplit(db.dsn).hostname}), "
             "which is always PgBouncer in transaction mode; remove DATESYNC_POOLED or set it to auto"
         )
-    if db.pooled and db.direct_dsn == db.dsn:
-        raise SettingsError(
-            "DATESYNC_POOLED=on says DATABASE_URL is a transaction pooler, which cannot LISTEN or hold the "
-            "migrations' lock; set DATABASE_DIRECT_URL to a direct connection to the same database (for "
-            "Supabase, the session pooler on port 5432 or the db.<project>.supabase.co host)"
-        )
     if dsns.is_pooler(db.direct_dsn):
         given = "DATABASE_DIRECT_URL" if settings.database_direct_url else "DATABASE_URL"
         raise SettingsError(
@@ -85,6 +79,12 @@ def refuse_pooled_direct(db: Database, settings: Settings) -> None:
             "in transaction mode and cannot LISTEN or hold the migrations' lock; set DATABASE_DIRECT_URL to the "
             "direct endpoint (the same URL without -pooler in the host), or leave it unset to derive it from "
             "DATABASE_URL"
+        )
+    if db.pooled and db.direct_dsn == db.dsn:
+        raise SettingsError(
+            "DATESYNC_POOLED=on says DATABASE_URL is a transaction pooler, which cannot LISTEN or hold the "
+            "migrations' lock; set DATABASE_DIRECT_URL to a direct connection to the same database (for "
+            "Supabase, the session pooler on port 5432 or the db.<project>.supabase.co host)"
         )
 
 
