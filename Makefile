@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck pytest browser clean soak
+.PHONY: run test lint typecheck pytest browser pgbouncer clean soak
 
 # (Re)install only when pyproject.toml changed.
 $(STAMP): pyproject.toml
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/datesync run
 
-test: $(STAMP) browser lint typecheck pytest
+test: $(STAMP) browser pgbouncer lint typecheck pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -36,6 +36,19 @@ browser:
 	      || { echo "could not install chromium"; exit 1; }; \
 	  else \
 	    echo "note: /usr/bin/chromium is missing; browser tests will fail (apt-get install chromium)"; \
+	  fi; \
+	fi
+
+# The pooled-endpoint tests run through a real PgBouncer in transaction mode (Debian's); on CI install it when
+# missing. Elsewhere those tests fail with the install hint rather than skip.
+pgbouncer:
+	@if ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ]; then \
+	  if [ "$$CI" = "true" ]; then \
+	    echo "installing Debian's pgbouncer for the pooled-endpoint tests"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null) \
+	      || { echo "could not install pgbouncer"; exit 1; }; \
+	  else \
+	    echo "note: pgbouncer is missing; the pooled-endpoint tests will fail (apt-get install pgbouncer)"; \
 	  fi; \
 	fi
 

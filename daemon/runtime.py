@@ -29,6 +29,7 @@ class Database:
     dsn: str
     direct_dsn: str
     embedded: EmbeddedPostgres | None = None
+    pooled: bool = False  # `dsn` leads through a transaction pooler: no named statements, no session state
 
 
 def direct_dsn_for(settings: Settings, dsn: str) -> str:
@@ -41,18 +42,33 @@ def direct_dsn_for(settings: Settings, dsn: str) -> str:
     return direct
 
 
+def pooled_for(settings: Settings, dsn: str, direct: str) -> bool:
+    """Whether DATABASE_URL is a transaction pooler (DATESYNC_POOLED); recorded so that every connection to it,
+    from any part of this process, leaves named prepared statements alone."""
+    pooled = dsns.decide_pooled(settings.pooled, dsn, direct)
+    if pooled:
+        dsns.mark_pooled(dsn)
+    return pooled
+
+
 def check_endpoints(db: Database, settings: Settings) -> None:
     """Before a process that LISTENs starts: refuse a direct URL that is still a pooler, and say once which
     endpoint serves what."""
     refuse_pooled_direct(db, settings)
     if db.embedded is None:
-        pooled = dsns.is_pooler(db.dsn)
         log.info("database_endpoints", queries=dsns.redact(db.dsn), listen=dsns.redact(db.direct_dsn),
-                 pooled=pooled, statement_cache="off (transaction pooler)" if pooled else "on")
+                 pooled=db.pooled, pooled_setting=settings.pooled,
+                 statement_cache="off (transaction pooler)" if db.pooled else "on")
 
 
 def refuse_pooled_direct(db: Database, settings: Settings) -> None:
-    """Raise SettingsError, naming the variable, when the direct endpoint is a Neon -pooler one."""
+    """Raise SettingsError, naming the variable, when the direct endpoint is a pooler: Neon's -pooler host, or
+    DATABASE_URL itself once DATESYNC_POOLED=on says it is one."""
+    if settings.pooled == "off" and dsns.is_pooler(db.dsn):
+        raise SettingsError(
+            f"DATESYNC_POOLED=off, but DATABASE_URL is a Neon -pooler endpoint ({urlsplit(db.dsn).hostname}), "
+            "which is always PgBouncer in transaction mode; remove DATESYNC_POOLED or set it to auto"
+        )
     if dsns.is_pooler(db.direct_dsn):
         given = "DATABASE_DIRECT_URL" if settings.database_direct_url else "DATABASE_URL"
         raise SettingsError(
@@ -61,6 +77,12 @@ def refuse_pooled_direct(db: Database, settings: Settings) -> None:
             "direct endpoint (the same URL without -pooler in the host), or leave it unset to derive it from "
             "DATABASE_URL"
         )
+    if db.pooled and db.direct_dsn == db.dsn:
+        raise SettingsError(
+            "DATESYNC_POOLED=on says DATABASE_URL is a transaction pooler, which cannot LISTEN or hold the "
+            "migrations' lock; set DATABASE_DIRECT_URL to a direct connection to the same database (for "
+            "Supabase, the session pooler on port 5432 or the db.<project>.supabase.co host)"
+        )
 
 
 @contextlib.asynccontextmanager
@@ -68,7 +90,8 @@ async def database(settings: Settings, *, own_embedded: bool = True) -> AsyncIte
     """The database for this process. With no DATABASE_URL, the embedded server in DATESYNC_DATA_DIR: started
     (and stopped on exit) when `own_embedded`, else only joined when another datesync process runs it."""
     if settings.database_url:
-        yield Database(settings.database_url, direct_dsn_for(settings, settings.database_url))
+        direct = direct_dsn_for(settings, settings.database_url)
+        yield Database(settings.database_url, direct, pooled=pooled_for(settings, settings.database_url, direct))
         return
     server = EmbeddedPostgres(settings.data_dir)
     if not own_embedded and server.running_pid() is not None:

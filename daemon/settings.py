@@ -28,6 +28,9 @@ class Settings:
 
     database_url: str | None = None
     database_direct_url: str | None = None
+    # Whether DATABASE_URL leads through a transaction pooler: "auto" (when it differs from DATABASE_DIRECT_URL,
+    # or is Neon's -pooler host), "on" or "off".
+    pooled: str = "auto"
     host: str = "127.0.0.1"
     port: int = 8000
     handler: str = "demo"
@@ -104,6 +107,7 @@ class Settings:
         settings = cls(
             database_url=_database_url(r, "DATABASE_URL"),
             database_direct_url=_database_url(r, "DATABASE_DIRECT_URL"),
+            pooled=r.parse("DATESYNC_POOLED", "auto", _pooled),
             host=r.text("HOST") or "127.0.0.1",
             port=r.parse("PORT", 8000, _int_between(1, 65535)),
             handler=r.text("DATESYNC_HANDLER") or "demo",
@@ -298,6 +302,13 @@ def _log_level(raw: str) -> str:
     lowered = raw.lower()
     if lowered not in ("debug", "info", "warning", "error"):
         raise ValueError("expected debug, info, warning or error")
+    return lowered
+
+
+def _pooled(raw: str) -> str:
+    lowered = raw.lower()
+    if lowered not in ("auto", "on", "off"):
+        raise ValueError("expected auto, on or off")
     return lowered
 
 

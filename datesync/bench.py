@@ -27,10 +27,10 @@ import asyncpg
 import httpx
 import psutil
 
-from daemon.db.dsn import with_database
+from daemon.db.dsn import clean, redact, with_database
 from daemon.db.queries import q
 from daemon.embedded import bin_dir
-from daemon.runtime import database, migrate_and_register
+from daemon.runtime import Database, database, migrate_and_register
 from daemon.settings import Settings
 from daemon.sync.context import SyncContext
 
@@ -85,32 +85,63 @@ async def stamp(day: datetime.date, ctx: SyncContext) -> int:
 
 # -- scratch database and subprocesses -----------------------------------------------------------------
 
+@dataclasses.dataclass(frozen=True)
+class Scratch:
+    """The scratch database's two URLs, as the user's are: `dsn` for DATABASE_URL (through the pooler when the
+    user's goes through one), `direct` for DATABASE_DIRECT_URL and for the bench's own probes and set-up."""
+
+    dsn: str
+    direct: str
+
+
 @contextlib.asynccontextmanager
-async def scratch_database(dsn: str) -> AsyncIterator[str]:
-    """A new database on the same server, migrated, dropped afterwards."""
+async def scratch_database(db: Database) -> AsyncIterator[Scratch]:
+    """A new database on the same server, migrated, dropped afterwards. Made through the direct URL (a pooler
+    may not take CREATE DATABASE, and the migrations hold a session lock); the pooled URL of the same name is
+    derived, as a daemon given both URLs would see them."""
     name = f"datesync_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(dsn)
+    admin = await asyncpg.connect(clean(db.direct_dsn))
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
-        bench_dsn = with_database(dsn, name)
-        conn = await asyncpg.connect(bench_dsn)
+        direct = with_database(db.direct_dsn, name)
+        scratch = Scratch(with_database(db.dsn, name) if db.dsn != db.direct_dsn else direct, direct)
+        conn = await asyncpg.connect(clean(direct))
         try:
             await migrate_and_register(conn, Settings(max_range_days=20_000), {"default": "noop"})
             await conn.execute("CREATE SCHEMA datesync_bench; "
                                "CREATE TABLE datesync_bench.wake (task_id bigint PRIMARY KEY, started float8)")
         finally:
             await conn.close()
-        yield bench_dsn
+        if scratch.dsn != direct:
+            await _reachable_through_pooler(scratch.dsn)
+        yield scratch
     finally:
         with contextlib.suppress(asyncpg.PostgresError):
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
 
 
+async def _reachable_through_pooler(dsn: str) -> None:
+    """Fail clearly when the pooler does not serve the new database (a PgBouncer whose [databases] lists names
+    but has no `*` entry), rather than with a daemon that never starts."""
+    try:
+        conn = await asyncpg.connect(clean(dsn), statement_cache_size=0, timeout=15)
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise RuntimeError(
+            f"bench: the pooler at DATABASE_URL does not serve the scratch database ({redact(dsn)}): "
+            f"{type(exc).__name__}: {exc}; let it serve any database (PgBouncer: `* = host=…`), or run the bench "
+            "with DATABASE_URL set to the direct URL") from exc
+    await conn.close()
+
+
 @contextlib.asynccontextmanager
-async def subprocess_cli(command: str, dsn: str, env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
-    full = {**os.environ, "DATABASE_URL": dsn, "LOG_FORMAT": "json", "LOG_LEVEL": "warning",
-            "DATESYNC_MAX_RANGE_DAYS": "20000", "PYTHONPATH": str(ROOT), **env}
+async def subprocess_cli(
+    command: str, scratch: Scratch, env: dict[str, str]
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    # Both URLs, always: an inherited DATABASE_DIRECT_URL would point the subprocess's LISTEN and migrations at the
+    # user's own database instead of the scratch one.
+    full = {**os.environ, "DATABASE_URL": scratch.dsn, "DATABASE_DIRECT_URL": scratch.direct, "LOG_FORMAT": "json",
+            "LOG_LEVEL": "warning", "DATESYNC_MAX_RANGE_DAYS": "20000", "PYTHONPATH": str(ROOT), **env}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "datesync.cli", command, env=full, cwd=ROOT,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
@@ -157,9 +188,9 @@ async def _reset(conn: asyncpg.Connection) -> None:
 
 # -- measurements --------------------------------------------------------------------------------------
 
-async def measure_expand(dsn: str, sizes: Sizes) -> dict[str, float]:
+async def measure_expand(scratch: Scratch, sizes: Sizes) -> dict[str, float]:
     """Expanding one 3,660-day batch into tasks (one statement), without a daemon."""
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(clean(scratch.direct))
     try:
         samples = []
         for _ in range(max(3, sizes.repeats)):
@@ -175,9 +206,9 @@ async def measure_expand(dsn: str, sizes: Sizes) -> dict[str, float]:
         await conn.close()
 
 
-async def measure_claim(dsn: str, sizes: Sizes) -> dict[str, float]:
+async def measure_claim(scratch: Scratch, sizes: Sizes) -> dict[str, float]:
     """One claim of one task: alone in the queue, and behind `claim_queue` queued tasks of other batches."""
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(clean(scratch.direct))
     claim = q("task_claim")
 
     async def one_claim() -> float:
@@ -223,16 +254,16 @@ class _Rollback(Exception):
         self.elapsed = elapsed
 
 
-async def measure_drain(dsn: str, dates: int, concurrency: int, repeats: int) -> dict[str, float]:
+async def measure_drain(scratch: Scratch, dates: int, concurrency: int, repeats: int) -> dict[str, float]:
     """Dates per second from a batch's INSERT to its final state, noop handler, one daemon; and the most
     connections that daemon held meanwhile."""
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(clean(scratch.direct))
     rates: list[float] = []
     peak_connections = 0
     env = {"DATESYNC_HANDLER": "noop", "DATESYNC_CONCURRENCY": str(concurrency)}
     try:
         await _reset(conn)
-        async with subprocess_cli("daemon", dsn, env):
+        async with subprocess_cli("daemon", scratch, env):
             await _daemon_ready(conn)
             for _ in range(repeats):
                 batch_id = await _insert_batch(conn, dates)
@@ -283,31 +314,32 @@ async def _pgbench(dsn: str, clients: int, seconds: int, script: str) -> float:
     return float(match.group(1))
 
 
-async def measure_reference(dsn: str, sizes: Sizes, clients: int = 10) -> dict[str, float]:
+async def measure_reference(scratch: Scratch, sizes: Sizes, clients: int = 10) -> dict[str, float]:
     """pgbench's rate for REFERENCE_SCRIPT with `clients` clients against the same server (jobs per second)."""
     jobs = max(50_000, sizes.repeats * sizes.reference_seconds * 15_000)
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(clean(scratch.direct))
     try:
         await conn.execute("CREATE TABLE datesync_bench.job (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
                            "state text NOT NULL DEFAULT 'queued')")
         await conn.execute("INSERT INTO datesync_bench.job (state) SELECT 'queued' FROM generate_series(1, $1)", jobs)
         await conn.execute("CREATE INDEX ON datesync_bench.job (id) WHERE state = 'queued'")
         await conn.execute("VACUUM ANALYZE datesync_bench.job")
-        rates = [await _pgbench(dsn, clients, sizes.reference_seconds, REFERENCE_SCRIPT) for _ in range(sizes.repeats)]
+        rates = [await _pgbench(scratch.direct, clients, sizes.reference_seconds, REFERENCE_SCRIPT)
+                 for _ in range(sizes.repeats)]
         return {"ref_pgbench_jobs_per_s": statistics.median(rates)}
     finally:
         await conn.execute("DROP TABLE IF EXISTS datesync_bench.job")
         await conn.close()
 
 
-async def measure_wake(dsn: str, sizes: Sizes) -> dict[str, float]:
+async def measure_wake(scratch: Scratch, sizes: Sizes) -> dict[str, float]:
     """INSERT commit to handler start, with the daemon idle between samples."""
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(clean(scratch.direct))
     latencies: list[float] = []
     env = {"DATESYNC_HANDLER": "datesync.bench:stamp", "DATESYNC_POLL_INTERVAL": "600"}
     try:
         await _reset(conn)
-        async with subprocess_cli("daemon", dsn, env):
+        async with subprocess_cli("daemon", scratch, env):
             await _daemon_ready(conn)
             for _ in range(sizes.wake_samples):
                 await asyncio.sleep(0.01)  # idle again
@@ -330,13 +362,13 @@ async def measure_wake(dsn: str, sizes: Sizes) -> dict[str, float]:
         await conn.close()
 
 
-async def measure_rss(dsn: str, sizes: Sizes) -> dict[str, float]:
+async def measure_rss(scratch: Scratch, sizes: Sizes) -> dict[str, float]:
     """The daemon's resident memory while `rss_queue` tasks are queued for it (it works through them)."""
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(clean(scratch.direct))
     env = {"DATESYNC_HANDLER": "demo", "DATESYNC_DEMO_DELAY_MS": "500", "DATESYNC_CONCURRENCY": "10"}
     try:
         await _reset(conn)
-        async with subprocess_cli("daemon", dsn, env) as proc:
+        async with subprocess_cli("daemon", scratch, env) as proc:
             await _daemon_ready(conn)
             remaining = sizes.rss_queue
             while remaining > 0:
@@ -387,17 +419,17 @@ class KeepAliveClient:
             self.writer.close()
 
 
-async def measure_post(dsn: str, sizes: Sizes) -> dict[str, float]:
+async def measure_post(scratch: Scratch, sizes: Sizes) -> dict[str, float]:
     """POST /sync/batch latency under `post_clients` concurrent keep-alive clients in a closed loop, each posting
     distinct one-day batches; and the requests per second they got through."""
     port = _free_port()
     path = "/api/v1/sync-status/sync/batch"
     latencies: list[float] = []
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(clean(scratch.direct))
     clients = [KeepAliveClient(port) for _ in range(sizes.post_clients)]
     try:
         await _reset(conn)
-        web = subprocess_cli("web", dsn, {"PORT": str(port)})
+        web = subprocess_cli("web", scratch, {"PORT": str(port)})
         async with web, httpx.AsyncClient(timeout=30) as probe:
             await _wait(lambda: _healthy(probe, f"http://127.0.0.1:{port}/healthz"), 30, "the web server")
             counter = iter(range(sizes.post_requests))
@@ -424,15 +456,15 @@ async def measure_post(dsn: str, sizes: Sizes) -> dict[str, float]:
         await conn.close()
 
 
-async def measure_sse(dsn: str, sizes: Sizes) -> dict[str, float]:
+async def measure_sse(scratch: Scratch, sizes: Sizes) -> dict[str, float]:
     """Task commit to the event reaching an SSE client on /events (daemon: noop, web: separate process)."""
     port = _free_port()
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(clean(scratch.direct))
     latencies: list[float] = []
     try:
         await _reset(conn)
-        async with subprocess_cli("web", dsn, {"PORT": str(port)}), \
-                subprocess_cli("daemon", dsn, {"DATESYNC_HANDLER": "noop", "DATESYNC_CONCURRENCY": "2"}):
+        async with subprocess_cli("web", scratch, {"PORT": str(port)}), \
+                subprocess_cli("daemon", scratch, {"DATESYNC_HANDLER": "noop", "DATESYNC_CONCURRENCY": "2"}):
             await _daemon_ready(conn)
             async with httpx.AsyncClient(timeout=60) as client:
                 await _wait(lambda: _healthy(client, f"http://127.0.0.1:{port}/healthz"), 30, "the web server")
@@ -481,28 +513,28 @@ def _free_port() -> int:
 
 async def run(settings: Settings, sizes: Sizes, progress: Callable[[str], None]) -> dict[str, float]:
     """Every measurement, on a scratch database of DATABASE_URL's server (or a fresh embedded one)."""
-    async with database(settings, own_embedded=False) as db, scratch_database(db.dsn) as dsn:
+    async with database(settings, own_embedded=False) as db, scratch_database(db) as scratch:
         results: dict[str, float] = {}
         progress("expand")
-        results.update(await measure_expand(dsn, sizes))
+        results.update(await measure_expand(scratch, sizes))
         progress(f"claim ({sizes.claim_queue:,} queued)")
-        results.update(await measure_claim(dsn, sizes))
+        results.update(await measure_claim(scratch, sizes))
         progress(f"drain ({sizes.drain_dates:,} dates, concurrency 10)")
-        drain = await measure_drain(dsn, sizes.drain_dates, 10, sizes.repeats)
+        drain = await measure_drain(scratch, sizes.drain_dates, 10, sizes.repeats)
         results["drain_dates_per_s"] = drain["rate"]
         results["connections"] = drain["connections"]
         progress(f"drain ({sizes.drain_c1_dates:,} dates, concurrency 1)")
-        results["drain_c1_dates_per_s"] = (await measure_drain(dsn, sizes.drain_c1_dates, 1, sizes.repeats))["rate"]
+        results["drain_c1_dates_per_s"] = (await measure_drain(scratch, sizes.drain_c1_dates, 1, sizes.repeats))["rate"]
         progress(f"wake ({sizes.wake_samples} samples)")
-        results.update(await measure_wake(dsn, sizes))
+        results.update(await measure_wake(scratch, sizes))
         progress(f"daemon memory ({sizes.rss_queue:,} queued)")
-        results.update(await measure_rss(dsn, sizes))
+        results.update(await measure_rss(scratch, sizes))
         progress(f"POST ({sizes.post_clients} clients)")
-        results.update(await measure_post(dsn, sizes))
+        results.update(await measure_post(scratch, sizes))
         progress("SSE")
-        results.update(await measure_sse(dsn, sizes))
+        results.update(await measure_sse(scratch, sizes))
         progress(f"reference: pgbench claim + finish, 10 clients, {sizes.repeats} x {sizes.reference_seconds} s")
-        results.update(await measure_reference(dsn, sizes))
+        results.update(await measure_reference(scratch, sizes))
         results["drain_vs_pgbench"] = results["drain_dates_per_s"] / results["ref_pgbench_jobs_per_s"]
         return {k: round(results[k], 3) for k in (*KEYS, *EXTRA_KEYS)}
 
@@ -511,7 +543,7 @@ async def drain_curve(
     settings: Settings, concurrencies: list[int], dates: int, repeats: int
 ) -> tuple[dict[int, float], float]:
     """Throughput against concurrency, for bench/README.md's plot, and the pgbench reference of the same run."""
-    async with database(settings, own_embedded=False) as db, scratch_database(db.dsn) as dsn:
-        rates = {c: (await measure_drain(dsn, dates, c, repeats))["rate"] for c in concurrencies}
-        reference = await measure_reference(dsn, dataclasses.replace(Sizes(), repeats=repeats))
+    async with database(settings, own_embedded=False) as db, scratch_database(db) as scratch:
+        rates = {c: (await measure_drain(scratch, dates, c, repeats))["rate"] for c in concurrencies}
+        reference = await measure_reference(scratch, dataclasses.replace(Sizes(), repeats=repeats))
         return rates, reference["ref_pgbench_jobs_per_s"]

@@ -136,7 +136,8 @@ async def _serve_with(
                                     lookback=settings.schedule_lookback, worker=worker_id)
                 side_tasks.append(schedule.daily_schedule)
             worker = Daemon(settings, pool, ready, db.direct_dsn, grace=settings.shutdown_grace,
-                            source_caps=source_caps(settings), side_tasks=side_tasks, worker_id=worker_id)
+                            source_caps=source_caps(settings), side_tasks=side_tasks, worker_id=worker_id,
+                            pooled=db.pooled)
             tasks.append(asyncio.create_task(worker.run(), name="daemon"))
         if web:
             state = AppState(

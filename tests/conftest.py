@@ -17,10 +17,9 @@ from daemon.db.dsn import with_database
 from daemon.embedded import EmbeddedPostgres
 from daemon.runtime import migrate_and_register
 from daemon.settings import Settings
+from tests.support.pgbouncer import PgBouncer, pgbouncer
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
 
 
 @pytest.fixture(scope="session")
@@ -88,3 +87,16 @@ async def db(dsn: str) -> AsyncIterator[asyncpg.Connection]:
     yield conn
     await conn.close()
 
+
+
+@pytest.fixture(scope="session")
+def bouncer(server_dsn: str) -> Iterator[PgBouncer]:
+    """A real PgBouncer in transaction mode in front of the test server (Debian's package)."""
+    with pgbouncer(server_dsn) as running:
+        yield running
+
+
+@pytest.fixture
+def pooled_dsn(bouncer: PgBouncer, dsn: str) -> str:
+    """This test's database through PgBouncer in transaction mode (`dsn` stays the direct URL)."""
+    return bouncer.pooled(dsn)

@@ -50,8 +50,11 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 def _options(dsn: str, application_name: str) -> dict[str, Any]:
     return {
         "dsn": dsns.clean(dsn),
-        # A transaction pooler (Neon's -pooler) cannot keep named prepared statements between transactions.
-        "statement_cache_size": 0 if dsns.is_pooler(dsn) else 256,
+        # A transaction pooler may run each transaction on another server connection, where a named prepared
+        # statement does not exist. Without a cache asyncpg uses the unnamed statement and parses it again with
+        # its Bind/Execute/Sync; no Sync comes between, so the pooler keeps one server connection for it (checked
+        # through PgBouncer 1.18 in tests/e2e/test_pooled_pgbouncer.py). conn.prepare() is unnamed then too.
+        "statement_cache_size": 0 if dsns.is_pooled(dsn) else 256,
         "server_settings": {"application_name": application_name},
         "timeout": 15,
     }

@@ -1,4 +1,5 @@
-"""Connection strings: Neon's pooled and direct endpoints, and parameters asyncpg cannot take."""
+"""Connection strings: pooled and direct endpoints (any vendor's, Neon's derived), and parameters asyncpg cannot
+take."""
 
 from __future__ import annotations
 
@@ -29,6 +30,32 @@ def clean(dsn: str) -> str:
         log.info("dsn_parameter_dropped", parameters=list(dropped), host=parts.hostname,
                  reason="asyncpg does not support it; TLS still follows sslmode")
     return urlunsplit(parts._replace(query=urlencode(kept, safe="/")))
+
+
+# DSNs that lead through a transaction pooler, as decided once at start (daemon.runtime.database): every
+# connection later opened to one of them, by any command or pool, gets the pooler-safe options.
+_pooled: set[str] = set()
+
+
+def mark_pooled(dsn: str) -> None:
+    """Record that `dsn` leads through a transaction pooler (DATESYNC_POOLED)."""
+    _pooled.add(dsn)
+
+
+def is_pooled(dsn: str) -> bool:
+    """True when `dsn` was recorded as a transaction pooler at start, or is Neon's `-pooler` host."""
+    return dsn in _pooled or is_pooler(dsn)
+
+
+def decide_pooled(mode: str, dsn: str, direct: str) -> bool:
+    """Whether DATABASE_URL (`dsn`) is a transaction pooler under DATESYNC_POOLED=`mode`. With `auto`: when it
+    differs from the direct URL (a self-hosted PgBouncer, Supabase's 6543, RDS Proxy, Neon's -pooler), since the
+    only reason to give two URLs is a pooler in front of one of them."""
+    if mode == "on":
+        return True
+    if mode == "off":
+        return False
+    return is_pooler(dsn) or dsn != direct
 
 
 def is_pooler(dsn: str) -> bool:

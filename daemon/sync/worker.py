@@ -77,10 +77,13 @@ class Daemon:
         side_tasks: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
         worker_id: str | None = None,
         grace: float = 20.0,
+        pooled: bool = False,
     ) -> None:
         """`source_caps` limits how many dates of a source run at once in this daemon (within `concurrency`);
-        `side_tasks` are extra loops (the schedule) supervised like the listener: if one dies, the daemon stops."""
+        `side_tasks` are extra loops (the schedule) supervised like the listener: if one dies, the daemon stops.
+        `pooled`: the pool leads through a transaction pooler (DATESYNC_POOLED)."""
         self.settings = settings
+        self.pooled = pooled
         self.pool = pool
         self.handlers = dict(handlers)
         self.source_caps = dict(source_caps or {})
@@ -353,7 +356,9 @@ class Daemon:
                         raise DatabaseLost(error_text(exc)) from exc
                     raise
                 finally:
-                    if not handler.session_safe and not conn.is_closed():
+                    # Through a transaction pooler a reset would run on whichever server connection the pooler
+                    # picks, not the one a handler's SET went to: it costs a round trip and undoes nothing.
+                    if not handler.session_safe and not self.pooled and not conn.is_closed():
                         await asyncio.shield(conn.reset())
                 clean = True
             finally:

@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from datesync.bench import EXTRA_KEYS, KEYS
+from tests.support.pgbouncer import PgBouncer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -17,6 +20,20 @@ def test_bench_quick_reports_every_key(server_dsn: str) -> None:
     env = {**os.environ, "DATABASE_URL": server_dsn, "PYTHONPATH": str(ROOT), "LOG_FORMAT": "json"}
     proc = subprocess.run([sys.executable, "-m", "datesync.cli", "bench", "--quick", "--json"], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(figures) == {*KEYS, *EXTRA_KEYS}
+    assert all(isinstance(v, (int, float)) and v > 0 for v in figures.values()), figures
+
+
+@pytest.mark.slow
+def test_bench_quick_with_a_pooler_as_database_url_and_a_direct_url(server_dsn: str, bouncer: PgBouncer) -> None:
+    # The shape of a self-hosted PgBouncer or Supabase: its subprocesses once inherited DATABASE_DIRECT_URL and
+    # listened on (and migrated) the user's database instead of the scratch one, so the daemon "never started".
+    env = {**os.environ, "DATABASE_URL": bouncer.pooled(server_dsn), "DATABASE_DIRECT_URL": server_dsn,
+           "PYTHONPATH": str(ROOT), "LOG_FORMAT": "json"}
+    proc = subprocess.run([sys.executable, "-m", "datesync.cli", "bench", "--quick", "--json"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     figures = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(figures) == {*KEYS, *EXTRA_KEYS}

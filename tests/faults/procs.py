@@ -116,12 +116,15 @@ def spawn(args: Sequence[str], env: Mapping[str, str], role: str, prefix: Sequen
 def spawn_daemon(dsn: str, env: Mapping[str, str] | None = None, prefix: Sequence[str] = (),
                  entry: str = "datesync.cli") -> Proc:
     """A `datesync daemon` process against `dsn`."""
-    return spawn([entry, "daemon"], {**DAEMON_ENV, "DATABASE_URL": dsn, **(env or {})}, "daemon", prefix)
+    # Both URLs: an inherited DATABASE_DIRECT_URL would make it LISTEN on (and migrate) another database.
+    return spawn([entry, "daemon"], {**DAEMON_ENV, "DATABASE_URL": dsn, "DATABASE_DIRECT_URL": dsn, **(env or {})},
+                 "daemon", prefix)
 
 
 def spawn_web(dsn: str, port: int, env: Mapping[str, str] | None = None) -> Proc:
     """A `datesync web` process against `dsn` on 127.0.0.1:`port`."""
-    full = {"LOG_FORMAT": "json", "DATABASE_URL": dsn, "PORT": str(port), "HOST": "127.0.0.1", **(env or {})}
+    full = {"LOG_FORMAT": "json", "DATABASE_URL": dsn, "DATABASE_DIRECT_URL": dsn, "PORT": str(port),
+            "HOST": "127.0.0.1", **(env or {})}
     return spawn(["datesync.cli", "web"], full, "web")
 
 

@@ -53,7 +53,7 @@ def test_start_up_refuses_a_pooler_url_for_listen_and_names_the_variable() -> No
 
 def test_start_up_says_once_which_endpoint_serves_what() -> None:
     with capture_logs() as logs:
-        check_endpoints(Database(POOLED, DIRECT), Settings(database_url=POOLED))
+        check_endpoints(Database(POOLED, DIRECT, pooled=True), Settings(database_url=POOLED))
     assert len(logs) == 1
     line = logs[0]
     assert line["event"] == "database_endpoints" and line["pooled"] is True

@@ -46,6 +46,7 @@ def spawn_daemon(dsn: str, env: Mapping[str, str] | None = None) -> subprocess.P
     full = {
         **os.environ,
         "DATABASE_URL": dsn,
+        "DATABASE_DIRECT_URL": dsn,  # never one inherited from the environment: it would LISTEN elsewhere
         "LOG_FORMAT": "json",
         "DATESYNC_RETRY_DELAY": "0.05",
         "DATESYNC_POLL_INTERVAL": "2",

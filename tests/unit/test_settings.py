@@ -12,7 +12,7 @@ def test_defaults_match_the_design() -> None:
     assert (s.task_timeout, s.retry_delay, s.lease, s.max_range_days) == (900, 10, 60, 3660)
     assert (s.timezone, s.schedule, s.api_token, s.cors_origins) == ("UTC", None, None, ())
     assert s.poll_interval == 30 and s.keepawake is False and str(s.data_dir) == ".datesync"
-    assert s.pool_size == 6
+    assert s.pool_size == 6 and s.pooled == "auto"
 
 
 def test_values_are_parsed() -> None:
@@ -43,6 +43,7 @@ def test_values_are_parsed() -> None:
         ("LOG_LEVEL", "verbose"),
         ("DATESYNC_STARTUP_TIMEOUT", "0"),
         ("DATESYNC_MAX_RANGE_DAYS", "0"),
+        ("DATESYNC_POOLED", "yes"),
     ],
 )
 def test_bad_values_name_the_variable(var: str, value: str) -> None:
@@ -137,3 +138,8 @@ def test_a_malformed_database_url_is_refused_with_its_password_masked(url: str, 
 def test_postgres_and_postgresql_schemes_are_accepted() -> None:
     for url in ("postgres://u@h/d", "postgresql://u:p@h:5433/d?sslmode=require"):
         assert Settings.from_env({"DATABASE_DIRECT_URL": url}).database_direct_url == url
+
+
+@pytest.mark.parametrize("value", ["auto", "on", "off", "ON", " Off "])
+def test_pooled_takes_auto_on_or_off(value: str) -> None:
+    assert Settings.from_env({"DATESYNC_POOLED": value}).pooled == value.strip().lower()
