@@ -15,3 +15,18 @@ SELECT c.relname AS name, pg_total_relation_size(c.oid) AS bytes
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = 'datesync' AND c.relkind IN ('r', 'p')
 ORDER BY c.relname;
+
+-- name: table_data_bytes_list
+-- Bytes of the given datesync tables' data: each one's main fork, its indexes' and its TOAST table's with that
+-- table's index (free-space and visibility maps left out: a few fixed pages per table, not data).
+SELECT t.relname AS name, sum(pg_relation_size(r.oid))::bigint AS bytes
+FROM pg_class t
+JOIN pg_namespace n ON n.oid = t.relnamespace
+CROSS JOIN LATERAL (
+    SELECT t.oid
+    UNION ALL SELECT i.indexrelid FROM pg_index i WHERE i.indrelid = t.oid
+    UNION ALL SELECT t.reltoastrelid WHERE t.reltoastrelid <> 0
+    UNION ALL SELECT i.indexrelid FROM pg_index i WHERE t.reltoastrelid <> 0 AND i.indrelid = t.reltoastrelid
+) r(oid)
+WHERE n.nspname = 'datesync' AND t.relname = ANY($1::text[])
+GROUP BY t.relname;
