@@ -173,3 +173,11 @@ async def _logged(proc: object, event: str) -> dict[str, object] | None:
         if line.get("event") == event:
             return dict(line)
     return None
+
+
+async def test_a_hand_delete_of_tasks_still_takes_them_out_of_the_counts(db: asyncpg.Connection) -> None:
+    batch_id = await insert(db, "2025-09-01", "2025-09-03")
+    await db.fetchrow(q("batch_expand_next"), 3)
+    assert (await footprint(db, batch_id))["queued"] == 3
+    await db.execute("DELETE FROM datesync.task WHERE batch_id = $1 AND day = '2025-09-01'", batch_id)
+    assert (await footprint(db, batch_id))["queued"] == 2, "only the pruner's deletes leave the counts alone"
