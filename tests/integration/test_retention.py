@@ -121,6 +121,7 @@ async def test_two_pruners_beside_a_working_daemon_share_the_work_without_errors
                 await p.close()
         assert (await wait_batch_final(db, busy))["succeeded"] == 181
     assert sum(r.batches for r in results) == len(old)
+    assert all(r.batches > 0 for r in results), f"each pruner took batches of its own: {results}"
     assert sum(r.tasks for r in results) == tasks_total
     assert sum(r.events for r in results) == events_total - len(old), "every event but each batch's final one"
     for batch_id in old:
