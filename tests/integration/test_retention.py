@@ -10,7 +10,7 @@ import json
 import asyncpg
 import pytest
 
-from daemon.db.connect import create_pool
+from daemon.db.connect import connect, create_pool
 from daemon.db.queries import q
 from daemon.retention import Retention
 from daemon.settings import Settings
@@ -182,3 +182,31 @@ async def test_a_hand_delete_of_tasks_still_takes_them_out_of_the_counts(db: asy
     assert (await footprint(db, batch_id))["queued"] == 3
     await db.execute("DELETE FROM datesync.task WHERE batch_id = $1 AND day = '2025-09-01'", batch_id)
     assert (await footprint(db, batch_id))["queued"] == 2, "only the pruner's deletes leave the counts alone"
+
+
+async def test_pruning_neither_waits_for_nor_blocks_the_event_log_writers(db: asyncpg.Connection, dsn: str) -> None:
+    async with running_daemon(dsn, FAST, handler="noop"):
+        old, older = await insert(db, "2025-08-01", "2025-08-05"), await insert(db, "2025-07-01", "2025-07-05")
+        await wait_batch_final(db, old)
+        await wait_batch_final(db, older)
+    live = await insert(db, "2025-08-10", "2025-08-10")
+    await backdate(db, [older], days=40)
+    await backdate(db, [old], days=20)
+    event_sql = "INSERT INTO datesync.event (batch_id, kind, state) VALUES ($1, 'task', 'running')"
+    writer = await connect(dsn, "datesync-test-writer")
+    pool = await create_pool(dsn, 2, "datesync-test-retention")
+    try:
+        # A writer inside its transaction holds the commit-order lock (event_serialize) until it commits: deleting
+        # events does not take that lock, so pruning goes on.
+        async with writer.transaction():
+            await writer.execute(event_sql, live)
+            done = await asyncio.wait_for(Retention(pool, 30, step_rows=2).prune_once(), 10)
+        assert (done.batches, (await footprint(db, older))["tasks"]) == (1, 0)
+        # A prune step not yet committed (its deleted rows locked) holds nothing an event writer waits for.
+        async with pool.acquire() as pruning, pruning.transaction():
+            step = await pruning.fetchrow(q("batch_prune_step"), datetime.datetime.now(datetime.UTC), 2)
+            assert step is not None and (step["batch_id"], step["tasks"], step["events"]) == (old, 2, 2)
+            await asyncio.wait_for(writer.execute(event_sql, live), 5)
+    finally:
+        await writer.close()
+        await pool.close()
