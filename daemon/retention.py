@@ -59,6 +59,7 @@ class Retention:
         awake: Callable[[], bool] = lambda: True,
         interval: float = INTERVAL,
         step_rows: int = STEP_ROWS,
+        awake_check: float = AWAKE_CHECK,
     ) -> None:
         """`may_sleep`: the database may suspend when idle, so passes after the first wait until `awake()` (this
         daemon has work, which keeps the database awake anyway)."""
@@ -70,6 +71,7 @@ class Retention:
         self.awake = awake
         self.interval = interval
         self.step_rows = step_rows
+        self.awake_check = awake_check
 
     async def prune_once(self, now: datetime.datetime | None = None) -> Pruned:
         """Prune every batch finished before `now` minus the retention; one transaction per step."""
@@ -106,7 +108,7 @@ class Retention:
                 await asyncio.sleep(wait)
                 continue
             if not first and failures == 0 and self.may_sleep and not self.awake():
-                await asyncio.sleep(AWAKE_CHECK)  # a pass now would wake a sleeping database just for this
+                await asyncio.sleep(self.awake_check)  # a pass now would wake a sleeping database just for this
                 continue
             started = time.monotonic()
             try:

@@ -4,11 +4,13 @@ two pruners at once beside a working daemon, and DATESYNC_RETENTION=0 and the de
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from daemon.db.connect import connect, create_pool
 from daemon.db.queries import q
@@ -210,3 +212,30 @@ async def test_pruning_neither_waits_for_nor_blocks_the_event_log_writers(db: as
     finally:
         await writer.close()
         await pool.close()
+
+
+async def test_hourly_passes_wait_for_work_when_the_database_may_sleep(dsn: str) -> None:
+    busy = False
+    pool = await create_pool(dsn, 2, "datesync-test-retention")
+    pruner = Retention(pool, 30, may_sleep=True, awake=lambda: busy, interval=0.1, awake_check=0.05)
+
+    def passes(logs: list[dict[str, object]]) -> int:
+        return sum(1 for e in logs if e["event"] in ("retention_pruned", "retention_nothing_to_prune"))
+
+    try:
+        with capture_logs() as logs:
+            loop = asyncio.create_task(pruner.prune_batches())
+            await wait_for(lambda: _true(passes(logs) == 1), 5)  # the pass at start runs whatever the database does
+            await asyncio.sleep(0.5)
+            assert passes(logs) == 1, "an idle daemon does not wake a sleeping database to prune"
+            busy = True  # work keeps the database awake anyway: the next pass runs
+            await wait_for(lambda: _true(passes(logs) >= 2), 5)
+            loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+    finally:
+        await pool.close()
+
+
+async def _true(value: bool) -> bool:
+    return value
