@@ -88,12 +88,13 @@ class Retention:
             done.tasks += row["tasks"]
             done.events += row["events"]
             done.batches += row["pruned"]
+            # Counted per committed step: a pass cut short by a database error still reports what it removed.
+            metrics.PRUNED.labels("tasks").inc(row["tasks"])
+            metrics.PRUNED.labels("events").inc(row["events"])
+            metrics.PRUNED.labels("batches").inc(row["pruned"])
             if not (row["tasks"] or row["events"] or row["pruned"]):
                 break  # a batch with nothing deletable left that could not be marked: not ours to spin on
             await asyncio.sleep(0)  # let the engine's coroutines in between steps
-        metrics.PRUNED.labels("batches").inc(done.batches)
-        metrics.PRUNED.labels("tasks").inc(done.tasks)
-        metrics.PRUNED.labels("events").inc(done.events)
         return done
 
     async def prune_batches(self) -> None:

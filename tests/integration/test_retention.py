@@ -10,6 +10,7 @@ import json
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from daemon.db.connect import connect, create_pool
@@ -70,6 +71,7 @@ async def test_an_old_finished_batch_loses_tasks_and_events_and_keeps_its_counts
     last_deleted = await db.fetchval("SELECT max(id) FROM datesync.event WHERE batch_id = $1 AND id < $2", old,
                                      final_event)
 
+    counted_before = REGISTRY.get_sample_value("datesync_retention_pruned_total", {"kind": "tasks"}) or 0.0
     pool = await create_pool(dsn, 2, "datesync-test-retention")
     try:
         pruner = Retention(pool, 30, step_rows=3)  # a few rows per transaction: several steps for one batch
@@ -77,6 +79,7 @@ async def test_an_old_finished_batch_loses_tasks_and_events_and_keeps_its_counts
         again = await pruner.prune_once()
     finally:
         await pool.close()
+    assert REGISTRY.get_sample_value("datesync_retention_pruned_total", {"kind": "tasks"}) == counted_before + 5
 
     assert (done.batches, done.tasks, done.events) == (1, 5, before[old]["events"] - 1)
     assert done.steps >= 3, "small transactions, not one"
