@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime
 import time
 from collections.abc import Callable
 
@@ -73,15 +72,14 @@ class Retention:
         self.step_rows = step_rows
         self.awake_check = awake_check
 
-    async def prune_once(self, now: datetime.datetime | None = None) -> Pruned:
-        """Prune every batch finished before `now` minus the retention; one transaction per step."""
-        cutoff = (now or datetime.datetime.now(datetime.UTC)) - datetime.timedelta(days=self.days)
+    async def prune_once(self) -> Pruned:
+        """Prune every batch that finished more than `days` ago (by the database's clock); a transaction a step."""
         done = Pruned()
         sql = q("batch_prune_step")
         while True:
             # Each step commits on its own (no explicit transaction): a few thousand rows, then the locks go.
             async with self.pool.acquire() as conn:
-                row = await conn.fetchrow(sql, cutoff, self.step_rows)
+                row = await conn.fetchrow(sql, self.days, self.step_rows)
             if row is None:
                 break
             done.steps += 1

@@ -170,6 +170,24 @@ async def test_a_daemon_prunes_at_start_and_says_what_unless_retention_is_0(db: 
     assert await footprint(db, batch_id) == {**before, "tasks": 0, "events": 1}
 
 
+async def test_a_daemon_whose_clock_runs_ahead_prunes_nothing_early(db: asyncpg.Connection, dsn: str) -> None:
+    async with running_daemon(dsn, FAST, handler="noop"):
+        batch_id = await insert(db, "2025-10-01", "2025-10-02")
+        await wait_batch_final(db, batch_id)
+    before = await footprint(db, batch_id)
+    # Forty days ahead by its own clock (the faults suite's shim), a day's retention: the batch is minutes old by
+    # the database's clock, which is the one that counts.
+    ahead = spawn_daemon(dsn, {"DATESYNC_RETENTION": "1", "DATESYNC_HANDLER": "noop",
+                               "FAULTS_CLOCK_OFFSET": str(40 * 86400)}, entry="tests.faults.clockshim")
+    try:
+        line = await wait_for(lambda: _logged(ahead, "retention_nothing_to_prune"), 20)
+    finally:
+        kill(ahead)
+        await wait_exit(ahead, 10)
+    assert line["batches"] == 0
+    assert await footprint(db, batch_id) == before
+
+
 async def _logged(proc: object, event: str) -> dict[str, object] | None:
     for raw in log_of(proc).splitlines():
         try:
@@ -209,7 +227,7 @@ async def test_pruning_neither_waits_for_nor_blocks_the_event_log_writers(db: as
         assert (done.batches, (await footprint(db, older))["tasks"]) == (1, 0)
         # A prune step not yet committed (its deleted rows locked) holds nothing an event writer waits for.
         async with pool.acquire() as pruning, pruning.transaction():
-            step = await pruning.fetchrow(q("batch_prune_step"), datetime.datetime.now(datetime.UTC), 2)
+            step = await pruning.fetchrow(q("batch_prune_step"), 10, 2)  # finished more than 10 days ago
             assert step is not None and (step["batch_id"], step["tasks"], step["events"]) == (old, 2, 2)
             await asyncio.wait_for(writer.execute(event_sql, live), 5)
     finally:

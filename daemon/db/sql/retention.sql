@@ -1,9 +1,10 @@
 -- Retention (daemon/retention.py) and storage figures (/metrics, datesync bench).
 
 -- name: batch_prune_step
--- Delete up to $2 task rows and $2 event rows of one batch finished before $1, in this one transaction
--- (datesync.batch_prune_step, 0008_retention); no row when no batch is due or every due one is being pruned.
-SELECT batch_id, tasks, events, pruned FROM datesync.batch_prune_step($1, $2);
+-- Delete up to $2 task rows and $2 event rows of one batch finished more than $1 days ago, in this one transaction
+-- (datesync.batch_prune_step, functions/60_retention.sql); no row when no batch is due or every due one is being
+-- pruned. "Ago" by the database's clock, as leases are: a daemon whose clock runs days ahead prunes nothing early.
+SELECT batch_id, tasks, events, pruned FROM datesync.batch_prune_step(now() - make_interval(days => $1::int), $2);
 
 -- name: retention_horizon_get
 -- Every event id up to this one may have been deleted by retention (0: none ever was).
