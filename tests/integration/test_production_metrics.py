@@ -104,7 +104,7 @@ async def test_a_database_that_does_not_answer_does_not_break_the_scrape(dsn: st
     await pool.close()  # every acquire now fails, as with a database that is away
     state = AppState(settings=Settings(database_url=dsn), pool=pool, direct_dsn=dsn)
     transport = httpx.ASGITransport(app=create_app(state))
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
         samples = await scrape(client)
     assert value(samples, "datesync_database_up") == 0
     # Left out rather than reported stale.
