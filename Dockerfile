@@ -23,8 +23,15 @@ COPY pyproject.toml README.md ./
 COPY daemon ./daemon
 COPY web ./web
 COPY datesync ./datesync
-# Runtime dependencies only (no dev extra).
-RUN pip install --no-compile . && rm -rf /root/.cache
+# Runtime dependencies only (no dev extra). PIP_NO_CACHE_DIR leaves no cache behind.
+RUN pip install --no-compile .
+
+# Your own handlers (handlers/README.md): Python modules importable by name (DATESYNC_HANDLER=weather:sync), SQL
+# files for the `sql` handler (DATESYNC_SQL_FILE=/app/handlers/rollup.sql), and the packages they need in
+# handlers/requirements.txt. Copied after the install above, so that editing a handler rebuilds only these layers.
+COPY handlers ./handlers
+RUN if [ -f handlers/requirements.txt ]; then pip install --no-compile -r handlers/requirements.txt; fi
+ENV PYTHONPATH=/app/handlers
 
 USER 10001:10001
 EXPOSE 8000

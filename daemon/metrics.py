@@ -22,3 +22,7 @@ RUNNING_HERE = Gauge("datesync_daemon_running_dates", "Dates running in this dae
 SSE_CLIENTS = Gauge("datesync_sse_clients", "Server-Sent Events clients connected to this process.")
 QUEUE = Gauge("datesync_tasks", "Tasks by state across the database (read at scrape time).", ["state"])
 BATCHES = Gauge("datesync_batches", "Unfinished batches by state (read at scrape time).", ["state"])
+PRUNED = Counter("datesync_retention_pruned_total",
+                 "Rows removed by retention in this process: batches pruned, and their task and event rows.", ["kind"])
+TABLE_BYTES = Gauge("datesync_table_bytes",
+                    "Bytes on disk of each datesync table with its indexes (read at scrape time).", ["table"])

@@ -61,6 +61,7 @@ class Settings:
     keepalive_timeout: int = 5  # seconds an idle kept-alive connection stays open after an answer
     read_timeout: float = 10.0  # seconds a client has to send a whole request from connecting or its first byte
     max_connections: int | None = None  # None: DATESYNC_SSE_MAX_CLIENTS plus room for ordinary requests
+    retention_days: int = 30  # finished batches older than this lose their tasks and events; 0 keeps everything
 
     @property
     def lets_database_sleep(self) -> bool:
@@ -137,6 +138,7 @@ class Settings:
             keepalive_timeout=r.parse("DATESYNC_KEEPALIVE_TIMEOUT", 5, _int_between(1, 3600)),
             read_timeout=r.parse("DATESYNC_READ_TIMEOUT", 10.0, _positive_float),
             max_connections=r.parse("DATESYNC_MAX_CONNECTIONS", None, _int_between(2, 1_000_000)),
+            retention_days=r.parse("DATESYNC_RETENTION", 30, _retention),
         )
         # Event streams hold their connection for hours: a cap at or below theirs would turn them all away.
         sse_clients = r.parse("DATESYNC_SSE_MAX_CLIENTS", 1000, _int_between(1, 100_000))
@@ -200,6 +202,16 @@ def _int_between(low: int, high: int) -> Callable[[str], int]:
         return value
 
     return convert
+
+
+def _retention(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError("expected a whole number of days (0 keeps everything)") from None
+    if not 0 <= value <= 36_600:
+        raise ValueError("expected a whole number of days from 0 (keep everything) to 36600")
+    return value
 
 
 def _float(raw: str) -> float:

@@ -40,13 +40,17 @@ YESTERDAY = datetime.date.today() - datetime.timedelta(days=2)  # "before today"
 KEYS = (
     "drain_dates_per_s", "drain_c1_dates_per_s", "wake_p50_ms", "wake_p99_ms", "post_p50_ms", "post_p99_ms",
     "sse_p50_ms", "sse_p99_ms", "expand_3660_ms", "claim_ms_at_0", "claim_ms_at_1m", "daemon_rss_mb",
-    "connections",
+    "connections", "bytes_per_date",
 )
 # Beyond the issue's list: the same server's rate for the simplest queue (pgbench: one claim and one finish
 # transaction per job), measured in the same run, and the drain rate as a share of it (the machine-independent way
 # to read the drain figure); and the POST throughput, which with 50 clients in a closed loop sets the latency
 # (Little's law: p50 is about 50 / throughput).
-EXTRA_KEYS = ("ref_pgbench_jobs_per_s", "drain_vs_pgbench", "post_requests_per_s")
+# The storage figure twice more: the files' growth right after the drain, before vacuum makes the dead row versions
+# of each task's claim and finish reusable; and what a date costs once retention pruned its batch (its day row).
+EXTRA_KEYS = ("ref_pgbench_jobs_per_s", "drain_vs_pgbench", "post_requests_per_s", "bytes_per_date_written",
+              "bytes_per_date_kept")
+STORAGE_TABLES = ["task", "event", "day"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,6 +293,49 @@ async def measure_drain(scratch: Scratch, dates: int, concurrency: int, repeats:
         await conn.close()
 
 
+async def _data_bytes(conn: asyncpg.Connection) -> dict[str, int]:
+    return {r["name"]: int(r["bytes"]) for r in await conn.fetch(q("table_data_bytes_list"), STORAGE_TABLES)}
+
+
+async def measure_storage(scratch: Scratch, sizes: Sizes) -> dict[str, float]:
+    """Bytes on disk per date: the task, event and day rows (with their indexes and TOAST) that one drain of
+    `drain_dates` new dates leaves, from the growth of the relations' files (pg_relation_size), divided by the dates.
+
+    File growth rather than a sum of pg_column_size: it counts what the disk holds, tuple headers, line pointers,
+    index entries, page and fillfactor slack included. Measured from emptied tables (TRUNCATE), so only a fixed
+    page or two per relation (index metapages) is not data, and it is in both readings. `bytes_per_date` is read
+    after VACUUM FULL, which leaves the live rows only: what every kept date costs in the long run, since the dead
+    versions each claim and finish leave behind become free space that later dates reuse. `_written` is before it."""
+    conn = await asyncpg.connect(clean(scratch.direct))
+    env = {"DATESYNC_HANDLER": "noop", "DATESYNC_CONCURRENCY": "10", "DATESYNC_RETENTION": "0"}
+    dates = sizes.drain_dates
+    try:
+        await _reset(conn)
+        empty = await _data_bytes(conn)
+        async with subprocess_cli("daemon", scratch, env):
+            await _daemon_ready(conn)
+            batch_id = await _insert_batch(conn, dates)
+
+            async def final() -> bool:
+                state = await conn.fetchval("SELECT state::text FROM datesync.batch WHERE id = $1", batch_id)
+                return state in ("succeeded", "failed", "cancelled")
+
+            await _wait(final, 600, f"draining {dates} dates", interval=0.1)
+        written = await _data_bytes(conn)
+        await conn.execute("VACUUM FULL datesync.task, datesync.event, datesync.day")
+        compact = await _data_bytes(conn)
+
+        def per_date(now: dict[str, int], tables: list[str]) -> float:
+            return sum(now[t] - empty[t] for t in tables) / dates
+
+        return {"bytes_per_date": per_date(compact, STORAGE_TABLES),
+                "bytes_per_date_written": per_date(written, STORAGE_TABLES),
+                "bytes_per_date_kept": per_date(compact, ["day"])}
+    finally:
+        await _reset(conn)
+        await conn.close()
+
+
 # One job of the reference queue: claim the oldest queued row (SKIP LOCKED), then mark it done, each statement its
 # own transaction; the minimum any PostgreSQL job queue does per job.
 REFERENCE_SCRIPT = """\
@@ -525,6 +572,8 @@ async def run(settings: Settings, sizes: Sizes, progress: Callable[[str], None])
         results["connections"] = drain["connections"]
         progress(f"drain ({sizes.drain_c1_dates:,} dates, concurrency 1)")
         results["drain_c1_dates_per_s"] = (await measure_drain(scratch, sizes.drain_c1_dates, 1, sizes.repeats))["rate"]
+        progress(f"storage ({sizes.drain_dates:,} dates)")
+        results.update(await measure_storage(scratch, sizes))
         progress(f"wake ({sizes.wake_samples} samples)")
         results.update(await measure_wake(scratch, sizes))
         progress(f"daemon memory ({sizes.rss_queue:,} queued)")

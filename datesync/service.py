@@ -15,6 +15,7 @@ import uvicorn
 from daemon.db.connect import create_pool
 from daemon.errors import DatesyncError
 from daemon.keepawake import KeepAwake
+from daemon.retention import Retention
 from daemon.runtime import (
     Database,
     check_endpoints,
@@ -135,6 +136,10 @@ async def _serve_with(
                 schedule = Schedule(pool, list(ready), settings.schedule, settings.tz,
                                     lookback=settings.schedule_lookback, worker=worker_id)
                 side_tasks.append(schedule.daily_schedule)
+            if settings.retention_days:
+                retention = Retention(pool, settings.retention_days, may_sleep=settings.lets_database_sleep,
+                                      awake=lambda: worker is not None and worker.busy)
+                side_tasks.append(retention.prune_batches)
             worker = Daemon(settings, pool, ready, db.direct_dsn, grace=settings.shutdown_grace,
                             source_caps=source_caps(settings), side_tasks=side_tasks, worker_id=worker_id,
                             pooled=db.pooled)

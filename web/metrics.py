@@ -7,6 +7,10 @@ counts the dates waiting, those of batches not yet expanded into tasks included.
 answer never breaks the scrape: `datesync_database_up` says 0 and the database-read gauges are left out
 rather than reported stale.
 
+`datesync_table_bytes{table=…}` is each datesync table's size on disk with its indexes, from the same connection:
+pg_total_relation_size stats the files of a dozen relations, it reads no rows. It shows what retention
+(DATESYNC_RETENTION) keeps in check.
+
 On Neon every scrape is a query, and a compute stays awake while it is queried: scrape less often than every
 5 minutes, or accept that the compute never scales to zero.
 """
@@ -24,6 +28,7 @@ from starlette.routing import BaseRoute, Route
 
 from daemon import metrics
 from daemon.db.connect import DB_ERRORS
+from daemon.db.queries import q
 from web.events import hub_for
 from web.state import AppState
 
@@ -54,10 +59,12 @@ async def _read_database(state: AppState) -> None:
     try:
         async with asyncio.timeout(READ_TIMEOUT), state.pool.acquire() as conn:
             rows = await conn.fetch(QUEUE_SQL)
+            sizes = await conn.fetch(q("table_size_list"))
     except _READ_ERRORS as exc:
         DATABASE_UP.set(0)
         metrics.QUEUE.clear()
         metrics.BATCHES.clear()
+        metrics.TABLE_BYTES.clear()
         if not _failing:
             log.warning("metrics_database_read_failed", error=f"{type(exc).__name__}: {exc}")
         _failing = True
@@ -70,6 +77,8 @@ async def _read_database(state: AppState) -> None:
     for name in UNFINISHED:
         metrics.BATCHES.labels(name).set(batches.get(name, 0))
         metrics.QUEUE.labels(name).set(sum(r[name] for r in rows))
+    for size in sizes:
+        metrics.TABLE_BYTES.labels(size["name"]).set(size["bytes"])
 
 
 def _count_sse_clients(state: AppState) -> None:

@@ -8,7 +8,7 @@ import asyncpg
 
 BATCH_FIELDS = ("source", "start_date", "end_date", "force", "state", "cancel_requested", "days", "queued",
                 "running", "succeeded", "failed", "skipped", "cancelled", "done", "created_at", "started_at",
-                "finished_at")
+                "finished_at", "pruned_at")
 TASK_FIELDS = ("id", "day", "state", "attempt", "max_attempts", "error", "rows_synced", "run_after", "started_at",
                "finished_at", "duration_ms")
 DAY_FIELDS = ("source", "day", "status", "attempts", "rows_synced", "error", "batch_id", "synced_at", "updated_at")

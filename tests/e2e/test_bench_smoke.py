@@ -24,6 +24,10 @@ def test_bench_quick_reports_every_key(server_dsn: str) -> None:
     figures = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(figures) == {*KEYS, *EXTRA_KEYS}
     assert all(isinstance(v, (int, float)) and v > 0 for v in figures.values()), figures
+    # The storage figures: a date's task, event and day rows with their indexes come to a few hundred bytes to a
+    # few kilobytes; the kept day row alone is less; the files right after the drain are at least as large.
+    assert 100 < figures["bytes_per_date"] < 10_000, figures
+    assert 0 < figures["bytes_per_date_kept"] < figures["bytes_per_date"] <= figures["bytes_per_date_written"]
 
 
 @pytest.mark.slow

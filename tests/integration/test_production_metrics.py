@@ -82,6 +82,11 @@ async def test_metrics_move_after_a_batch_and_the_queue_is_read_from_the_databas
     assert value(after, "datesync_tasks", state="queued") == value(after, "datesync_tasks", state="running") == 0
     assert value(after, "datesync_sse_clients") == 0
     assert {"datesync_daemon_running_dates", "datesync_database_up"} <= set(names(after))
+    # Table sizes, read at scrape time: one gauge per datesync table, growing with the rows a batch leaves.
+    tables = {dict(labels)["table"] for name, labels in after if name == "datesync_table_bytes"}
+    assert {"batch", "task", "event", "day", "request_key", "retention"} <= tables
+    assert value(after, "datesync_table_bytes", table="task") > value(before, "datesync_table_bytes", table="task")
+    assert value(after, "datesync_table_bytes", table="event") > 0
 
 
 async def test_a_scrape_is_cheap(dsn: str) -> None:
@@ -99,9 +104,9 @@ async def test_a_database_that_does_not_answer_does_not_break_the_scrape(dsn: st
     await pool.close()  # every acquire now fails, as with a database that is away
     state = AppState(settings=Settings(database_url=dsn), pool=pool, direct_dsn=dsn)
     transport = httpx.ASGITransport(app=create_app(state))
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
         samples = await scrape(client)
     assert value(samples, "datesync_database_up") == 0
     # Left out rather than reported stale.
-    assert not any(name == "datesync_tasks" for name, _ in samples)
+    assert not any(name in ("datesync_tasks", "datesync_table_bytes") for name, _ in samples)
     assert {"datesync_daemon_running_dates", "datesync_sse_clients"} <= set(names(samples))

@@ -40,9 +40,11 @@ async def running_daemon(
         await pool.close()
 
 
-def spawn_daemon(dsn: str, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+def spawn_daemon(dsn: str, env: Mapping[str, str] | None = None, entry: str = "datesync.cli"
+                 ) -> subprocess.Popen[bytes]:
     """A real `datesync daemon` process (its own process group, so a kill takes only it); its log goes to a
-    temporary file, read with `log_of(proc)`."""
+    temporary file, read with `log_of(proc)`. `entry`: the module run with -m (tests.faults.clockshim: a wrong
+    clock)."""
     full = {
         **os.environ,
         "DATABASE_URL": dsn,
@@ -57,7 +59,7 @@ def spawn_daemon(dsn: str, env: Mapping[str, str] | None = None) -> subprocess.P
     log = tempfile.NamedTemporaryFile(prefix="datesync-daemon-", suffix=".log", delete=False)  # noqa: SIM115
     with log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "datesync.cli", "daemon"], env=full, cwd=ROOT,
+            [sys.executable, "-m", entry, "daemon"], env=full, cwd=ROOT,
             stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
         )
     _logs[proc.pid] = Path(log.name)

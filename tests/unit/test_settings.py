@@ -44,6 +44,8 @@ def test_values_are_parsed() -> None:
         ("DATESYNC_STARTUP_TIMEOUT", "0"),
         ("DATESYNC_MAX_RANGE_DAYS", "0"),
         ("DATESYNC_POOLED", "yes"),
+        ("DATESYNC_RETENTION", "-1"),
+        ("DATESYNC_RETENTION", "30d"),
     ],
 )
 def test_bad_values_name_the_variable(var: str, value: str) -> None:

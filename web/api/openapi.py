@@ -69,7 +69,7 @@ SCHEMAS: dict[str, Schema] = {
     "Batch": obj(id=INT, source=TEXT, start_date=DATE, end_date=DATE, force=BOOL,
                  state={"type": "string", "enum": list(BATCH_STATES)}, cancel_requested=BOOL, days=INT, queued=INT,
                  running=INT, succeeded=INT, failed=INT, skipped=INT, cancelled=INT, done=INT, created_at=TIME,
-                 started_at=nullable(TIME), finished_at=nullable(TIME)),
+                 started_at=nullable(TIME), finished_at=nullable(TIME), pruned_at=nullable(TIME)),
     "Task": obj(id=INT, day=DATE, state=TEXT, attempt=INT, max_attempts=INT, error=nullable(TEXT),
                 rows_synced=nullable(INT), run_after=TIME, started_at=nullable(TIME), finished_at=nullable(TIME),
                 duration_ms=nullable(INT)),

@@ -53,8 +53,9 @@ def _last_event_id(request: Request) -> int | None:
     return None
 
 
-def _snapshot_message(name: str, json_text: str) -> bytes:
-    return f"event: snapshot\ndata: {{\"{name}\": {json_text}}}\n\n".encode()
+def _snapshot_message(name: str, json_text: str, *, pruned: bool = False) -> bytes:
+    extra = ', "pruned": true' if pruned else ""
+    return f"event: snapshot\ndata: {{\"{name}\": {json_text}{extra}}}\n\n".encode()
 
 
 async def _open(request: Request, batch_id: int | None) -> Response:
@@ -88,7 +89,11 @@ async def _respond(hub: Hub, client: Client, batch_id: int | None, after: int | 
         if batch_id is None:
             row = await conn.fetchrow(q("event_snapshot_cards"))
             assert row is not None
-            plan = Plan(_snapshot_message("cards", row["cards"]), row["max_id"] if after is None else after)
+            # Resuming from below what retention deleted: the replay would have a gap, so the client starts afresh
+            # from this snapshot (marked `pruned`), as a new client would, instead of from a partial history.
+            gap = after is not None and after < row["pruned_through"]
+            start = row["max_id"] if after is None or gap else after
+            plan = Plan(_snapshot_message("cards", row["cards"], pruned=gap), start)
             return EventStream(client, messages(client, plan))
         row = await conn.fetchrow(q("event_snapshot_batch"), batch_id)
     if row is None:

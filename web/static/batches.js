@@ -275,6 +275,11 @@ export class BatchList {
       box.replaceChildren(el("p", { class: "hint" }, t("tasks.loading")));
       return;
     }
+    if (tasks.length === 0 && this.get(id)?.pruned_at) {
+      // Retention removed the per-date rows; the counts above and the calendar's day records stay.
+      box.replaceChildren(el("p", { class: "hint" }, t("tasks.pruned")));
+      return;
+    }
     const table = el("table", { class: "task-table" });
     table.append(el("caption", { class: "vh" }, t("tasks.caption", { id })));
     const head = el("tr");

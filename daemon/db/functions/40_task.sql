@@ -68,9 +68,14 @@ CREATE OR REPLACE TRIGGER task_count_insert AFTER INSERT ON datesync.task
 CREATE OR REPLACE TRIGGER task_count_update AFTER UPDATE ON datesync.task
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION datesync.task_count();
 
--- A hand DELETE of tasks takes them out of their batch's counts too.
+-- A hand DELETE of tasks takes them out of their batch's counts too. Retention's does not: a pruned batch keeps
+-- its final counts (datesync.batch_prune_step says so with a transaction-local setting, as the engine's functions
+-- do with datesync.engine).
 CREATE OR REPLACE FUNCTION datesync.task_count_delete() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    IF current_setting('datesync.retention', true) = 'on' THEN
+        RETURN NULL;
+    END IF;
     PERFORM 1 FROM datesync.batch WHERE id IN (SELECT batch_id FROM old_rows) ORDER BY id FOR UPDATE;
     UPDATE datesync.batch b
     SET queued = b.queued - p.queued, running = b.running - p.running, succeeded = b.succeeded - p.succeeded,

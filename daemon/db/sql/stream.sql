@@ -51,7 +51,8 @@ WHERE p.batch_id = $1;
 
 -- name: event_snapshot_cards
 -- The all-batches stream's snapshot: the status cards and the newest event id, from one statement's snapshot.
--- queued counts dates waiting in tasks plus those of batches not yet expanded into tasks.
+-- queued counts dates waiting in tasks plus those of batches not yet expanded into tasks. pruned_through: events up
+-- to this id may have been deleted by retention, so a replay from below it would have a gap.
 SELECT jsonb_build_object(
            'synced', (SELECT count(*) FROM datesync.day WHERE status = 'success'),
            'failed', (SELECT count(*) FROM datesync.day WHERE status = 'failed'),
@@ -60,4 +61,5 @@ SELECT jsonb_build_object(
                      + (SELECT coalesce(sum(days), 0) FROM datesync.batch
                         WHERE state = 'queued' AND NOT cancel_requested),
            'last_success_at', (SELECT max(synced_at) FROM datesync.day WHERE status = 'success'))::text AS cards,
-       (SELECT coalesce(max(id), 0) FROM datesync.event) AS max_id;
+       (SELECT coalesce(max(id), 0) FROM datesync.event) AS max_id,
+       (SELECT events_pruned_through FROM datesync.retention) AS pruned_through;
