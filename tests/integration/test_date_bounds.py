@@ -19,6 +19,7 @@ import pytest
 
 from daemon.db.connect import connect
 from daemon.db.migrate import _BOOTSTRAP, available, migrate
+from daemon.db.queries import q
 from tests.support.daemons import ROOT, kill, log_of, spawn_daemon, wait_batch_final, wait_exit
 from tests.support.server import live_server
 from web.api.i18n import text
@@ -134,6 +135,10 @@ async def test_the_migration_applies_over_rows_it_would_refuse(old_rows: OldRows
         assert await conn.fetchrow(
             "SELECT state::text, queued, running, failed FROM datesync.batch WHERE id = $1",
             old_rows.claimed_early) == ("failed", 0, 0, 3)
+        # Those tasks stay failed: neither a hand edit nor a retry makes one runnable again.
+        with pytest.raises(asyncpg.CheckViolationError, match="day must not be before 1000-01-01"):
+            await conn.execute("UPDATE datesync.task SET state = 'queued', finished_at = NULL, error = NULL")
+        assert await conn.fetchrow(q("batch_retry"), old_rows.claimed_early) is None
         # The new rule holds from now on.
         with pytest.raises(asyncpg.CheckViolationError, match="start_date must not be before 1000-01-01"):
             await conn.execute("INSERT INTO datesync.batch (start_date, end_date) VALUES ('0001-01-01', '0001-01-01')")
@@ -199,6 +204,10 @@ async def test_the_api_and_the_cli_answer_over_such_rows(old_rows: OldRows) -> N
         assert summary.status_code == 200, summary.text
         assert {r["day"] for r in summary.json()["data"]["records"]} >= {"4713-01-01 BC", "0001-01-01", "infinity"}
         assert (await client.get("/gaps", params={"from": "2025-01-01", "to": "2025-01-31"})).status_code == 200
+        retried = await client.post(f"/batches/{old_rows.claimed_early}/retry")
+        assert retried.status_code == 409, retried.text  # its dates can never run
+        cancelled = await client.post(f"/batches/{old_rows.queued_bc}/cancel")
+        assert cancelled.status_code == 202, cancelled.text
         for path in (f"/batches/{old_rows.queued_bc}/events", "/events"):
             async with client.stream("GET", path) as stream:
                 assert stream.status_code == 200
