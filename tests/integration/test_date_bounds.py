@@ -41,9 +41,10 @@ def api_words(key: str, field: str) -> str:
         ("0001-01-01", "0001-01-02", "start_date", "date_too_early"),
         ("0999-12-31", "2025-10-01", "start_date", "date_too_early"),  # before the range check
         ("2025-10-01", "0500-06-01", "end_date", "date_too_early"),  # before the start-after-end check
-        ("-infinity", "2025-10-01", "start_date", "date_format"),
+        ("-infinity", "2025-10-01", "start_date", "date_too_early"),
         ("2025-10-01", "infinity", "end_date", "date_format"),
-        ("-infinity", "infinity", "start_date", "date_format"),
+        ("-infinity", "infinity", "start_date", "date_too_early"),
+        ("2025-10-01", "10000-01-01", "end_date", "date_format"),
         ("infinity", "infinity", "start_date", "date_format"),
     ],
 )
@@ -69,7 +70,7 @@ async def test_hand_written_tasks_and_days_of_such_dates_are_refused(db: asyncpg
          "date_too_early"),
         ("INSERT INTO datesync.day (source, day, status) VALUES ('default', 'infinity', 'failed')", "date_format"),
         (f"INSERT INTO datesync.day (source, day, status) VALUES ('default', '{YESTERDAY}', 'failed'); "
-         "UPDATE datesync.day SET day = '-infinity'", "date_format"),
+         "UPDATE datesync.day SET day = '-infinity'", "date_too_early"),
     ]
     for sql, key in refusals:
         with pytest.raises(asyncpg.CheckViolationError) as refused:
@@ -219,6 +220,12 @@ async def test_the_api_and_the_cli_answer_over_such_rows(old_rows: OldRows) -> N
                                      cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert status.returncode == 0, status.stderr
     assert "4713-01-01 BC" in status.stdout and "infinity" in status.stdout
+    # Python's first date reaches the database as -infinity (asyncpg's convention): still the early-date words.
+    year_one = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "datesync.cli", "batch", "0001-01-01",
+                                                        "0001-01-02"], env=env, cwd=ROOT, capture_output=True,
+                                       text=True, timeout=60)
+    assert year_one.returncode != 0
+    assert api_words("date_too_early", "start_date") in " ".join(year_one.stderr.split()), year_one.stderr
 
 
 # Dates PostgreSQL holds and Python's datetime.date cannot (it has years 1 to 9999), as psql writes them.

@@ -5,18 +5,18 @@
 -- later UPDATE of an old row, such as the one that fails it), and the engine fails what it cannot run.
 
 -- Why a date cannot be a day to sync, in web/api/i18n.py's English (date_too_early, date_format); NULL when it
--- can. Infinity is tested first: it cannot be subtracted, and "infinity" is not a date the API would read. Past
--- year 9999 is not YYYY-MM-DD either (and is no date Python can hold).
+-- can. -infinity is before 1000-01-01 too (and it is what asyncpg sends for Python's first date, 0001-01-01);
+-- infinity, like anything past year 9999, is no date written YYYY-MM-DD (nor one Python can hold).
 CREATE FUNCTION datesync.date_refusal(p_field text, p_value date) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE
-        WHEN NOT isfinite(p_value) OR p_value > date '9999-12-31'
-            THEN p_field || ' must be a date written YYYY-MM-DD, such as 2025-10-01'
         WHEN p_value < date '1000-01-01' THEN p_field || ' must not be before 1000-01-01'
+        WHEN p_value > date '9999-12-31' THEN p_field || ' must be a date written YYYY-MM-DD, such as 2025-10-01'
     END;
 $$;
 
--- batch_validate of 0001, with the dates' own checks first, as the API checks each date before the range.
+-- batch_validate of 0001, with the dates' own checks first, as the API checks each date before the range (and
+-- before any subtraction, which fails on an infinite date, naming no field).
 CREATE OR REPLACE FUNCTION datesync.batch_validate() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     max_days integer := coalesce(
