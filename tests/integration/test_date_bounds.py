@@ -180,6 +180,7 @@ async def test_the_daemon_fails_such_batches_cleanly_and_runs_the_others(old_row
         kill(proc, signal.SIGTERM)
         assert await wait_exit(proc, 30) == 0, log_of(proc)[-3000:]
         assert "Traceback" not in log_of(proc)
+        assert log_of(proc).count('"batch_refused"') == 1
     finally:
         kill(proc)
         if conn is not None:

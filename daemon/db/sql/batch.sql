@@ -8,7 +8,7 @@ RETURNING id, source, start_date, end_date, force, state, days, created_at;
 
 -- name: batch_expand_next
 -- Move the oldest queued batch to running, with one task per date and its "running" event, in one statement
--- (datesync.batch_expand); no row when there is none.
+-- (datesync.batch_expand); no row when there is none, or when the oldest one was refused (see batch_expand_claim).
 SELECT * FROM datesync.batch_expand($1);
 
 -- name: batch_expand_claim
