@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from daemon.db.connect import connect
-from daemon.db.migrate import _BOOTSTRAP, available, migrate
+from daemon.db.migrate import migrate
 from daemon.db.queries import q
 from tests.support.daemons import ROOT, kill, log_of, spawn_daemon, wait_batch_final, wait_exit
 from tests.support.server import live_server
@@ -97,13 +97,7 @@ async def old_rows(empty_dsn: str) -> AsyncIterator[OldRows]:
     """A database at 0006 holding what 0006 let in: the state a crash-looping daemon leaves behind."""
     conn = await connect(empty_dsn, "datesync-test")
     try:
-        await conn.execute(_BOOTSTRAP)
-        for m in available():
-            if m.version < DATE_BOUNDS:
-                async with conn.transaction():
-                    await conn.execute(m.sql)
-                    await conn.execute("INSERT INTO datesync.schema_migration (version, name, checksum) "
-                                       "VALUES ($1, $2, $3)", m.version, m.name, m.checksum)
+        await migrate(conn, through=DATE_BOUNDS - 1)
         early = await conn.fetchval("INSERT INTO datesync.batch (start_date, end_date) "
                                     "VALUES ('0001-01-01', '0001-01-03') RETURNING id")
         # What the crashed daemon did: expand the batch and lease its first date, then die decoding the answer.
