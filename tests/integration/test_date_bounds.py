@@ -17,9 +17,10 @@ import asyncpg
 import httpx
 import pytest
 
-from daemon.db.connect import connect
+from daemon.db.connect import connect, create_pool
 from daemon.db.migrate import migrate
 from daemon.db.queries import q
+from daemon.sync.store import Store
 from tests.support.daemons import ROOT, kill, log_of, spawn_daemon, wait_batch_final, wait_exit
 from tests.support.server import live_server
 from web.api.i18n import text
@@ -241,3 +242,28 @@ async def test_every_connection_reads_any_date_and_writes_it_back_unchanged(db: 
     assert await db.fetchval("SELECT $1::date::text", datetime.date(1000, 1, 1)) == "1000-01-01"
     assert tuple(await db.fetchrow("SELECT $1::date::text, $2::date::text", datetime.date.min,
                                    datetime.date.max)) == ("-infinity", "infinity")
+
+
+async def test_a_batch_let_in_past_a_disabled_trigger_is_failed_and_the_next_one_expanded(
+    dsn: str, db: asyncpg.Connection
+) -> None:
+    await db.execute("ALTER TABLE datesync.batch DISABLE TRIGGER batch_validate")
+    bad = await db.fetchval("INSERT INTO datesync.batch (start_date, end_date) "
+                            "VALUES ('0500-01-01', '0500-01-05') RETURNING id")
+    await db.execute("ALTER TABLE datesync.batch ENABLE TRIGGER batch_validate")
+    good = await db.fetchval("INSERT INTO datesync.batch (start_date, end_date) VALUES ($1, $1) RETURNING id",
+                             YESTERDAY)
+    pool = await create_pool(dsn, 2, "datesync-test")
+    try:
+        expanded, claimed = await Store(pool, "w", 60).expand_next_batch(3, 1, ["default"])
+    finally:
+        await pool.close()
+    # One call of the daemon's: the bad batch failed on the way, the good one expanded and its date claimed.
+    assert expanded is not None and expanded["id"] == good
+    assert [c.day for c in claimed] == [YESTERDAY]
+    row = await db.fetchrow("SELECT state::text, started_at IS NOT NULL AS started, finished_at IS NOT NULL AS ended, "
+                            "queued, failed FROM datesync.batch WHERE id = $1", bad)
+    assert tuple(row) == ("failed", True, True, 0, 0)
+    assert await db.fetchval("SELECT count(*) FROM datesync.task WHERE batch_id = $1", bad) == 0
+    events = await db.fetch("SELECT state, error FROM datesync.event WHERE batch_id = $1 ORDER BY id", bad)
+    assert [tuple(e) for e in events] == [("queued", None), ("failed", api_words("date_too_early", "start_date"))]
