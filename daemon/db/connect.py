@@ -12,9 +12,8 @@ import structlog
 from asyncpg.pool import PoolConnectionProxy
 
 from daemon.backoff import Backoff
-from daemon.db import dates
+from daemon.db import dates, refusals
 from daemon.db import dsn as dsns
-from daemon.db import refusals
 from daemon.errors import DatabaseRefused, DatabaseUnavailable
 
 log = structlog.get_logger("datesync.db")

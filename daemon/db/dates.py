@@ -74,7 +74,7 @@ def _decode(value: tuple[int]) -> datetime.date:
 def _encode(value: datetime.date) -> tuple[int]:
     if isinstance(value, OutOfRangeDate):
         return (value.pg_days,)
-    # asyncpg's convention, kept: date.min and date.max stand for -infinity and infinity (open bounds rely on it).
+    # asyncpg's own convention, kept for any caller (or handler) relying on it: date.min/max are -infinity/infinity.
     if value == datetime.date.max:
         return (_PG_INFINITY,)
     if value == datetime.date.min:

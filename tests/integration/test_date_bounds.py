@@ -20,11 +20,11 @@ import pytest
 from daemon.db.connect import connect, create_pool
 from daemon.db.migrate import migrate
 from daemon.db.queries import q
+from daemon.ops.messages import text
+from daemon.ops.validation import MIN_DATE
 from daemon.sync.store import Store
 from tests.support.daemons import ROOT, kill, log_of, spawn_daemon, wait_batch_final, wait_exit
 from tests.support.server import live_server
-from web.api.i18n import text
-from web.api.validation import MIN_DATE
 
 YESTERDAY = datetime.date.today() - datetime.timedelta(days=1)
 DATE_BOUNDS = 7  # 0007_date_bounds.sql
@@ -236,8 +236,7 @@ async def test_every_connection_reads_any_date_and_writes_it_back_unchanged(db: 
         assert (value.isoformat(), str(value)) == (pg_text, pg_text)
         assert await db.fetchval("SELECT $1::date::text", value) == pg_text
         assert await db.fetchval("SELECT ($1::date[])[1]::text", [value]) == pg_text
-    # Ordinary dates are untouched, and date.min/max still stand for -infinity/infinity (asyncpg's convention,
-    # which `datesync status` relies on for its open bounds).
+    # Ordinary dates are untouched, and date.min/max still stand for -infinity/infinity (asyncpg's convention).
     assert await db.fetchval("SELECT '2025-10-01'::date") == datetime.date(2025, 10, 1)
     assert await db.fetchval("SELECT $1::date::text", datetime.date(1000, 1, 1)) == "1000-01-01"
     assert tuple(await db.fetchrow("SELECT $1::date::text, $2::date::text", datetime.date.min,

@@ -9,9 +9,9 @@
 -- migrations, in file-name order, under the migration lock) whenever its checksum changes. Edit it in place;
 -- versioned migrations (migrations/NNNN_*.sql) hold DDL and data changes only.
 
--- Why a date cannot be a day to sync, in web/api/i18n.py's English (date_too_early, date_format); NULL when it
--- can. -infinity is before 1000-01-01 too (and it is what asyncpg sends for Python's first date, 0001-01-01);
--- infinity, like anything past year 9999, is no date written YYYY-MM-DD (nor one Python can hold).
+-- Why a date cannot be a day to sync, in daemon/ops/messages.py's English (date_too_early, date_format); NULL
+-- when it can. -infinity is before 1000-01-01 too (and it is what asyncpg sends for Python's first date,
+-- 0001-01-01); infinity, like anything past year 9999, is no date written YYYY-MM-DD (nor one Python can hold).
 CREATE OR REPLACE FUNCTION datesync.date_refusal(p_field text, p_value date) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE
