@@ -12,8 +12,8 @@ import structlog
 from asyncpg.pool import PoolConnectionProxy
 
 from daemon.backoff import Backoff
+from daemon.db import dates, refusals
 from daemon.db import dsn as dsns
-from daemon.db import refusals
 from daemon.errors import DatabaseRefused, DatabaseUnavailable
 
 log = structlog.get_logger("datesync.db")
@@ -45,6 +45,7 @@ Conn = asyncpg.Connection | PoolConnectionProxy
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for typename in ("json", "jsonb"):
         await conn.set_type_codec(typename, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await dates.register(conn)  # rows from before 0007 may hold dates Python cannot: read them, never crash
 
 
 def _options(dsn: str, application_name: str) -> dict[str, Any]:

@@ -7,10 +7,13 @@ import datetime
 from collections.abc import Iterable, Sequence
 
 import asyncpg
+import structlog
 
 from daemon.db.connect import Conn
 from daemon.db.queries import q
 from daemon.sync.outcome import Kind, Outcome
+
+log = structlog.get_logger("datesync.daemon")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -49,10 +52,19 @@ class Store:
         self, max_attempts: int, claim_limit: int, sources: Sequence[str]
     ) -> tuple[asyncpg.Record | None, list[Claimed]]:
         """Expand the oldest queued batch into tasks and claim up to `claim_limit` dates, in one transaction.
-        Returns the batch (id, source, days, tasks), None when none was queued, and the claimed dates."""
+        Returns the batch (id, source, days, tasks), None when none was queued, and the claimed dates.
+
+        A batch whose dates the database refuses (from before 0007_date_bounds, or past a disabled trigger) is
+        failed instead, in a call of its own; the next call looks again, so it holds up no batch behind it."""
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch(q("batch_expand_claim"), max_attempts, self.worker, claim_limit, self.lease,
-                                    list(sources))
+            while True:
+                rows = await conn.fetch(q("batch_expand_claim"), max_attempts, self.worker, claim_limit,
+                                        self.lease, list(sources))
+                refused = next((r for r in rows if r["kind"] == "refused"), None)
+                if refused is None:
+                    break
+                log.warning("batch_refused", batch_id=refused["id"], source=refused["source"],
+                            error=refused["error"])
         expanded = next((r for r in rows if r["kind"] == "expanded"), None)
         return expanded, [_claimed(r) for r in rows if r["kind"] == "claimed"]
 

@@ -47,6 +47,9 @@ function fmt(kind, options) {
 /** A calendar date, e.g. "Oct 3, 2025" / "2025年10月3日". */
 export function fmtDay(iso, style = "medium") {
   if (!iso) return "–";
+  // A date the browser cannot read ("4713-01-01 BC", "infinity": rows older than the database's date check) is
+  // shown as the API wrote it; Intl would throw on it and break the whole list.
+  if (Number.isNaN(parseDay(iso).getTime())) return iso;
   return fmt(`day-${style}`, { dateStyle: style, timeZone: "UTC" }).format(parseDay(iso));
 }
 
@@ -67,7 +70,8 @@ export function fmtWeekday(iso) {
 export function fmtDayRange(a, b) {
   if (a === b) return fmtDay(a);
   const f = fmt("day-medium", { dateStyle: "medium", timeZone: "UTC" });
-  return f.formatRange ? f.formatRange(parseDay(a), parseDay(b)) : `${fmtDay(a)} – ${fmtDay(b)}`;
+  const readable = !Number.isNaN(parseDay(a).getTime() + parseDay(b).getTime());
+  return readable && f.formatRange ? f.formatRange(parseDay(a), parseDay(b)) : `${fmtDay(a)} – ${fmtDay(b)}`;
 }
 
 /** A timestamp in the user's time zone. */

@@ -11,12 +11,23 @@ DECLARE
         (SELECT value::integer FROM datesync.setting WHERE key = 'max_range_days'), 3660);
     zone text := coalesce((SELECT value FROM datesync.setting WHERE key = 'timezone'), 'UTC');
     today date := (now() AT TIME ZONE zone)::date;
+    refused text;
 BEGIN
     IF NEW.start_date IS NULL THEN
         RAISE EXCEPTION 'start_date is required' USING ERRCODE = 'not_null_violation', DETAIL = 'start_date';
     END IF;
     IF NEW.end_date IS NULL THEN
         RAISE EXCEPTION 'end_date is required' USING ERRCODE = 'not_null_violation', DETAIL = 'end_date';
+    END IF;
+    -- Each date on its own first, as the API checks them (15_date_bounds.sql), and before any subtraction, which
+    -- fails on an infinite date naming no field.
+    refused := datesync.date_refusal('start_date', NEW.start_date);
+    IF refused IS NOT NULL THEN
+        RAISE EXCEPTION '%', refused USING ERRCODE = 'check_violation', DETAIL = 'start_date';
+    END IF;
+    refused := datesync.date_refusal('end_date', NEW.end_date);
+    IF refused IS NOT NULL THEN
+        RAISE EXCEPTION '%', refused USING ERRCODE = 'check_violation', DETAIL = 'end_date';
     END IF;
     IF NEW.start_date > NEW.end_date THEN
         RAISE EXCEPTION 'start_date must not be after end_date'
@@ -131,6 +142,7 @@ BEGIN
         UPDATE datesync.task t
         SET state = 'queued', attempt = 0, run_after = now(), error = NULL, finished_at = NULL
         WHERE t.batch_id = p_id AND t.state IN ('failed', 'cancelled')
+          AND t.day BETWEEN date '1000-01-01' AND date '9999-12-31'  -- a date refused since 0007 never runs
           AND EXISTS (SELECT 1 FROM datesync.batch b WHERE b.id = p_id AND b.state IN ('failed', 'cancelled'))
         RETURNING t.id
     ), b AS (
@@ -235,10 +247,18 @@ END $$;
 -- order is the usual one but for the new batch's row, locked first: no other transaction can reach that row
 -- through a task (its tasks are not visible before this commits), so holding it while the claim waits (on
 -- another daemon's claim of the same date) closes no cycle.
+--
+-- A batch holding a date the database refuses (15_date_bounds.sql: from before 0007, or past a disabled trigger)
+-- is failed instead, with no tasks; its final event carries the reason, returned too as the one row, of kind
+-- 'refused'. The call ends there: the event lock must not be held while a claim waits. Expanded, its tasks would
+-- be refused (task_day_insert), and the expansion, failing at every scan, would hold up every batch behind it.
+-- (Dropped first: CREATE OR REPLACE cannot add the `error` column to the result.)
+DROP FUNCTION IF EXISTS datesync.batch_expand_claim(integer, text, integer, float8, text[]);
 CREATE OR REPLACE FUNCTION datesync.batch_expand_claim(p_max_attempts integer, p_worker text, p_claim_limit integer,
                                             p_lease float8, p_sources text[])
 RETURNS TABLE (kind text, id bigint, batch_id bigint, source text, day date, state text, attempt integer,
-               max_attempts integer, batch_state text, batch_created_at timestamptz, days integer, tasks bigint)
+               max_attempts integer, batch_state text, batch_created_at timestamptz, days integer, tasks bigint,
+               error text)
 LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
 AS $$
@@ -246,13 +266,28 @@ AS $$
 DECLARE
     b RECORD;
     made bigint;
+    refused text;
 BEGIN
     PERFORM datesync.engine_on();
-    SELECT x.id INTO b FROM datesync.batch x
+    SELECT x.id, x.start_date, x.end_date INTO b FROM datesync.batch x
     WHERE x.state = 'queued' AND NOT x.cancel_requested
     ORDER BY x.id LIMIT 1 FOR UPDATE SKIP LOCKED;
     IF NOT FOUND THEN
         PERFORM datesync.engine_off();
+        RETURN;
+    END IF;
+    refused := coalesce(datesync.date_refusal('start_date', b.start_date),
+                        datesync.date_refusal('end_date', b.end_date));
+    IF refused IS NOT NULL THEN
+        UPDATE datesync.batch x SET state = 'failed', started_at = now(), finished_at = now() WHERE x.id = b.id
+        RETURNING x.id, x.source, x.days, x.created_at INTO b;
+        PERFORM datesync.engine_off();
+        INSERT INTO datesync.event (batch_id, kind, state, error, data)
+        VALUES (b.id, 'batch', 'failed', refused,
+                jsonb_build_object('final', true, 'days', b.days, 'succeeded', 0, 'failed', 0, 'skipped', 0,
+                                   'cancelled', 0));
+        RETURN QUERY SELECT 'refused', b.id, b.id, b.source, NULL::date, 'failed', NULL::integer, NULL::integer,
+                            'failed', b.created_at, b.days, 0::bigint, refused;
         RETURN;
     END IF;
     UPDATE datesync.batch x SET state = 'running', started_at = now() WHERE x.id = b.id
@@ -266,9 +301,9 @@ BEGIN
     PERFORM pg_notify('datesync_batch', b.id::text);
     PERFORM datesync.engine_off();
     RETURN QUERY
-        SELECT f.*, NULL::integer, NULL::bigint
+        SELECT f.*, NULL::integer, NULL::bigint, NULL::text
         FROM datesync.task_finish(p_worker, '{}', '{}', '{}', '{}', '{}', '{}', '{}', p_claim_limit, p_lease,
                                   p_sources, b.id) f;
     RETURN QUERY SELECT 'expanded', b.id, b.id, b.source, NULL::date, 'running', NULL::integer, NULL::integer,
-                        NULL::text, b.created_at, b.days, made;
+                        NULL::text, b.created_at, b.days, made, NULL::text;
 END $$;

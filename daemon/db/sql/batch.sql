@@ -8,12 +8,13 @@ RETURNING id, source, start_date, end_date, force, state, days, created_at;
 
 -- name: batch_expand_next
 -- Move the oldest queued batch to running, with one task per date and its "running" event, in one statement
--- (datesync.batch_expand); no row when there is none.
+-- (datesync.batch_expand); no row when there is none, or when the oldest one was refused (see batch_expand_claim).
 SELECT * FROM datesync.batch_expand($1);
 
 -- name: batch_expand_claim
 -- The same, and claim up to $3 dates of sources $5 for daemon $2 (lease $4 s) in the same transaction
--- (datesync.batch_expand_claim): the claimed rows as task_finish returns them, then the 'expanded' row.
+-- (datesync.batch_expand_claim): the claimed rows as task_finish returns them, then the 'expanded' row; or only
+-- a 'refused' row (with its error) when the oldest batch holds a date the database refuses, which it failed.
 SELECT * FROM datesync.batch_expand_claim($1, $2, $3, $4, $5::text[]);
 
 -- name: batch_cancel_requested
