@@ -61,6 +61,7 @@ class Settings:
     keepalive_timeout: int = 5  # seconds an idle kept-alive connection stays open after an answer
     read_timeout: float = 10.0  # seconds a client has to send a whole request from connecting or its first byte
     max_connections: int | None = None  # None: DATESYNC_SSE_MAX_CLIENTS plus room for ordinary requests
+    sse_max_clients: int = 1000  # event-stream clients per web process; more get 503
     retention_days: int = 30  # finished batches older than this lose their tasks and events; 0 keeps everything
 
     @property
@@ -139,13 +140,13 @@ class Settings:
             read_timeout=r.parse("DATESYNC_READ_TIMEOUT", 10.0, _positive_float),
             max_connections=r.parse("DATESYNC_MAX_CONNECTIONS", None, _int_between(2, 1_000_000)),
             retention_days=r.parse("DATESYNC_RETENTION", 30, _retention),
+            sse_max_clients=r.parse("DATESYNC_SSE_MAX_CLIENTS", 1000, _int_between(1, 100_000)),
         )
         # Event streams hold their connection for hours: a cap at or below theirs would turn them all away.
-        sse_clients = r.parse("DATESYNC_SSE_MAX_CLIENTS", 1000, _int_between(1, 100_000))
-        if settings.max_connections is not None and settings.max_connections <= sse_clients:
+        if settings.max_connections is not None and settings.max_connections <= settings.sse_max_clients:
             raise SettingsError(
                 f"DATESYNC_MAX_CONNECTIONS={settings.max_connections} is invalid: it must be above "
-                f"DATESYNC_SSE_MAX_CLIENTS={sse_clients}, or the event streams take every connection"
+                f"DATESYNC_SSE_MAX_CLIENTS={settings.sse_max_clients}, or the event streams take every connection"
             )
         if settings.schedule_lookback >= settings.max_range_days:
             raise SettingsError(

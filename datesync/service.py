@@ -165,6 +165,7 @@ async def _serve_with(
         stopper.cancel()
         log.info("shutting_down")
         if server is not None:
+            state.stopping.set()  # event streams say farewell now, not after uvicorn's graceful timeout
             server.should_exit = True
         if worker is not None:
             worker.request_stop()

@@ -19,7 +19,6 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from daemon.settings import WILDCARD_BINDS, Settings
-from web.events import HubConfig
 
 log = structlog.get_logger("datesync.web")
 
@@ -86,7 +85,7 @@ def connection_cap(settings: Settings) -> int:
     """DATESYNC_MAX_CONNECTIONS, by default room for every event stream plus ordinary requests."""
     if settings.max_connections is not None:
         return settings.max_connections
-    return HubConfig.from_env(settings.poll_interval).max_clients + CONNECTION_HEADROOM
+    return settings.sse_max_clients + CONNECTION_HEADROOM
 
 
 def _raise_fd_limit(wanted: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Callable
 
@@ -19,3 +20,6 @@ class AppState:
     # listener in /readyz.
     wake_daemon: Callable[[], None] | None = None
     daemon_listener_connected: Callable[[], bool] | None = None
+    # Set by the process when it starts shutting down, before the web server stops accepting: open event streams
+    # end at once, with a farewell, instead of holding the server's graceful shutdown until its timeout.
+    stopping: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)

@@ -67,6 +67,7 @@ async def live_server(
         base = f"http://127.0.0.1:{port}"
         yield Live(base, base + "/api/v1/sync-status", state, worker)
     finally:
+        state.stopping.set()
         server.should_exit = True
         if worker:
             worker.request_stop()

@@ -10,7 +10,6 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import structlog
-import uvicorn
 
 from web.events.hub import Hub, HubConfig
 from web.events.routes import hub_for, hubs, routes
@@ -20,14 +19,14 @@ log = structlog.get_logger("datesync.web.events")
 
 __all__ = ["Hub", "HubConfig", "hub_for", "lifespan", "routes"]
 
-# Tests replace this to shorten the heartbeat or shrink the queues; None means HubConfig.from_env().
+# Tests replace this to shorten the heartbeat or shrink the queues; None means HubConfig.from_settings().
 CONFIG: HubConfig | None = None
 
 
 @contextlib.asynccontextmanager
 async def lifespan(state: AppState) -> AsyncIterator[None]:
     """Run this process's event hub while the app serves; end every open stream when it stops."""
-    config = CONFIG or HubConfig.from_env(safety_interval=state.settings.poll_interval)
+    config = CONFIG or HubConfig.from_settings(state.settings)
     hub = Hub(state.pool, state.direct_dsn, config)
     hubs[id(state)] = hub
     runner = asyncio.create_task(hub.run(), name="sse-hub")
@@ -43,30 +42,11 @@ async def lifespan(state: AppState) -> AsyncIterator[None]:
 
 
 async def _close_on_server_exit(state: AppState, hub: Hub) -> None:
-    """End open streams as soon as uvicorn starts shutting down.
+    """End open streams as soon as the process starts shutting down (`state.stopping`).
 
     uvicorn waits for open connections (up to its graceful timeout) *before* it runs the lifespan's shutdown, so
     ending streams only at lifespan exit would hold every shutdown for the whole timeout and then cut the streams
-    without a farewell. Nothing in ASGI tells the app earlier, so this watches the flag of the uvicorn server that
-    serves this app (found among the running tasks); without one, lifespan exit still ends them.
+    without a farewell. Nothing in ASGI tells the app earlier; the process that owns the server does.
     """
-    server = _uvicorn_server_serving(state)
-    if server is None:
-        return
-    while not server.should_exit:  # noqa: ASYNC110 (a plain attribute of uvicorn's; nothing to wait on)
-        await asyncio.sleep(0.1)
+    await state.stopping.wait()
     await hub.close_streams()
-
-
-def _uvicorn_server_serving(state: AppState) -> uvicorn.Server | None:
-    for task in asyncio.all_tasks():
-        coro: object = task.get_coro()
-        while coro is not None:
-            frame = getattr(coro, "cr_frame", None)
-            server = frame.f_locals.get("self") if frame is not None else None
-            if isinstance(server, uvicorn.Server):
-                app_state = getattr(getattr(server.config.app, "state", None), "datesync", None)
-                if app_state is state:
-                    return server
-            coro = getattr(coro, "cr_await", None)
-    return None

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
-import os
 from collections.abc import Sequence
 
 import asyncpg
@@ -22,8 +21,8 @@ import structlog
 
 from daemon.db.connect import DB_ERRORS
 from daemon.db.queries import q
-from daemon.errors import SettingsError
 from daemon.listener import Listener
+from daemon.settings import Settings
 
 log = structlog.get_logger("datesync.web.events")
 
@@ -45,15 +44,9 @@ class HubConfig:
     retry_ms: int = 3000  # the `retry:` a client waits before reconnecting
 
     @classmethod
-    def from_env(cls, safety_interval: float) -> HubConfig:
-        """The defaults, DATESYNC_SSE_MAX_CLIENTS and the safety interval (the daemon's poll interval)."""
-        raw = os.environ.get("DATESYNC_SSE_MAX_CLIENTS", "").strip()
-        if not raw:
-            return cls(safety_interval=safety_interval)
-        if not (raw.isdigit() and 1 <= int(raw) <= 100_000):
-            raise SettingsError(
-                f"DATESYNC_SSE_MAX_CLIENTS={raw!r} is invalid: expected a whole number from 1 to 100000")
-        return cls(max_clients=int(raw), safety_interval=safety_interval)
+    def from_settings(cls, settings: Settings) -> HubConfig:
+        """The defaults with DATESYNC_SSE_MAX_CLIENTS and the safety interval (the daemon's poll interval)."""
+        return cls(max_clients=settings.sse_max_clients, safety_interval=settings.poll_interval)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
