@@ -27,30 +27,26 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# Browser tests drive the machine's Chromium; on CI install Debian's package when it is missing.
-browser:
-	@if [ ! -x /usr/bin/chromium ]; then \
+# $(call debian,PATH,PACKAGE,WHAT): tests that drive a program of Debian's (PATH) get it installed on CI when it
+# is missing; elsewhere a note says what will fail and how to install it (those tests fail rather than skip).
+define debian
+	@if [ ! -x $(1) ]; then \
 	  if [ "$$CI" = "true" ]; then \
-	    echo "installing Debian's chromium for the browser tests"; \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-	      || { echo "could not install chromium"; exit 1; }; \
+	    echo "installing Debian's $(2) for $(3)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null) \
+	      || { echo "could not install $(2)"; exit 1; }; \
 	  else \
-	    echo "note: /usr/bin/chromium is missing; browser tests will fail (apt-get install chromium)"; \
+	    echo "note: $(1) is missing; $(3) will fail (apt-get install $(2))"; \
 	  fi; \
 	fi
+endef
 
-# The pooled-endpoint tests run through a real PgBouncer in transaction mode (Debian's); on CI install it when
-# missing. Elsewhere those tests fail with the install hint rather than skip.
+browser:
+	$(call debian,/usr/bin/chromium,chromium,the browser tests)
+
+# The pooled-endpoint tests run through a real PgBouncer in transaction mode.
 pgbouncer:
-	@if ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ]; then \
-	  if [ "$$CI" = "true" ]; then \
-	    echo "installing Debian's pgbouncer for the pooled-endpoint tests"; \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null) \
-	      || { echo "could not install pgbouncer"; exit 1; }; \
-	  else \
-	    echo "note: pgbouncer is missing; the pooled-endpoint tests will fail (apt-get install pgbouncer)"; \
-	  fi; \
-	fi
+	$(call debian,/usr/sbin/pgbouncer,pgbouncer,the pooled-endpoint tests)
 
 # The fault scenarios of tests/faults with bigger numbers, for SOAK_SECONDS (not part of `make test`); prints a
 # summary table and fails when any invariant broke. SOAK_SEED replays an order; SOAK_ARGS passes more options.
