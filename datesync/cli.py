@@ -62,12 +62,13 @@ HandlerOpt = Annotated[
 ]
 
 
-def _settings(**overrides: object) -> Settings:
-    env = {"PORT": "port", "HOST": "host", "DATESYNC_CONCURRENCY": "concurrency", "DATESYNC_HANDLER": "handler"}
-    for var, key in env.items():
-        if overrides.get(key) is not None:
-            os.environ[var] = str(overrides[key])
-    settings = Settings.from_env()
+# A flag stands for its variable: given, it is read (and validated) as if the variable held it.
+FLAG_VARIABLES = {"port": "PORT", "host": "HOST", "concurrency": "DATESYNC_CONCURRENCY", "handler": "DATESYNC_HANDLER"}
+
+
+def _settings(**flags: object) -> Settings:
+    given = {FLAG_VARIABLES[name]: str(value) for name, value in flags.items() if value is not None}
+    settings = Settings.from_env({**os.environ, **given})
     logs.configure(settings.log_format, getattr(logging, settings.log_level.upper()))
     return settings
 

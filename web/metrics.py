@@ -29,6 +29,7 @@ from starlette.routing import BaseRoute, Route
 from daemon import metrics
 from daemon.db.connect import DB_ERRORS
 from daemon.db.queries import q
+from daemon.states import UNFINISHED_BATCH
 from web.events import hub_for
 from web.state import AppState
 
@@ -38,17 +39,6 @@ DATABASE_UP = Gauge("datesync_database_up", "1 if the database answered this scr
 
 READ_TIMEOUT = 3.0  # seconds; a scrape must answer even while the database is away
 
-# One round trip, proportional to the unfinished *batches*, not their dates: each batch row carries live counts
-# of its tasks (kept by a trigger in the tasks' own transactions), and batch_progress counts every day of a batch
-# not yet expanded as queued. The WHERE clause matches the partial index `batch_unfinished`.
-QUEUE_SQL = """
-SELECT state::text AS state, count(*) AS batches, coalesce(sum(queued), 0) AS queued,
-       coalesce(sum(running), 0) AS running
-FROM datesync.batch_progress
-WHERE state IN ('queued', 'running')
-GROUP BY state
-"""
-UNFINISHED = ("queued", "running")
 _READ_ERRORS: tuple[type[BaseException], ...] = (*DB_ERRORS, TimeoutError)
 
 _failing = False  # the last scrape's read failed: say so once, not on every scrape
@@ -58,7 +48,7 @@ async def _read_database(state: AppState) -> None:
     global _failing
     try:
         async with asyncio.timeout(READ_TIMEOUT), state.pool.acquire() as conn:
-            rows = await conn.fetch(QUEUE_SQL)
+            rows = await conn.fetch(q("batch_count_unfinished"))
             sizes = await conn.fetch(q("table_size_list"))
     except _READ_ERRORS as exc:
         DATABASE_UP.set(0)
@@ -74,7 +64,7 @@ async def _read_database(state: AppState) -> None:
     _failing = False
     DATABASE_UP.set(1)
     batches = {r["state"]: r["batches"] for r in rows}
-    for name in UNFINISHED:
+    for name in UNFINISHED_BATCH:
         metrics.BATCHES.labels(name).set(batches.get(name, 0))
         metrics.QUEUE.labels(name).set(sum(r[name] for r in rows))
     for size in sizes:

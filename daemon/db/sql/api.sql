@@ -79,3 +79,13 @@ WITH days AS (
 )
 SELECT days.synced, days.failed, tasks.running, tasks.queued + unexpanded.days AS queued, days.last_success_at
 FROM days, tasks, unexpanded;
+
+-- name: batch_count_unfinished
+-- The queue for /metrics: unfinished batches and their queued and running dates, by state. One round trip,
+-- proportional to the unfinished batches, not their dates (batch rows carry live counts; batch_progress counts a
+-- batch not yet expanded as all queued); the WHERE clause matches the partial index batch_unfinished.
+SELECT state::text AS state, count(*) AS batches, coalesce(sum(queued), 0) AS queued,
+       coalesce(sum(running), 0) AS running
+FROM datesync.batch_progress
+WHERE state IN ('queued', 'running')
+GROUP BY state;
