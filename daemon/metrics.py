@@ -22,3 +22,9 @@ RUNNING_HERE = Gauge("datesync_daemon_running_dates", "Dates running in this dae
 SSE_CLIENTS = Gauge("datesync_sse_clients", "Server-Sent Events clients connected to this process.")
 QUEUE = Gauge("datesync_tasks", "Tasks by state across the database (read at scrape time).", ["state"])
 BATCHES = Gauge("datesync_batches", "Unfinished batches by state (read at scrape time).", ["state"])
+HANDLERS_ABANDONED = Counter(
+    "datesync_handlers_abandoned_total",
+    "Handlers left running after their timeout or stop: a plain function blocked in its thread (kind=thread), or a "
+    "coroutine that ignored its cancellation (kind=task). Their dates were ended and their slots freed.", ["kind"])
+HANDLERS_STUCK = Gauge(
+    "datesync_handlers_stuck", "Abandoned handlers still running in this process.", ["kind"])

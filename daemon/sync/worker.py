@@ -17,7 +17,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -28,9 +28,11 @@ from daemon import metrics
 from daemon.db.connect import DB_ERRORS
 from daemon.listener import Listener
 from daemon.settings import Settings
+from daemon.sync.attempt import UNWIND_S, Ended, connection_gone, lost_connection, run_handler, terminate
+from daemon.sync.clean import error_text, row_count, traceback_text
 from daemon.sync.context import SyncContext
 from daemon.sync.handlers import Handler
-from daemon.sync.outcome import Kind, Outcome, error_text, retry_delay
+from daemon.sync.outcome import Kind, Outcome, fallbacks, retry_delay, retry_may_cure
 from daemon.sync.store import Claimed, Store
 
 log = structlog.get_logger("datesync.daemon")
@@ -40,16 +42,9 @@ BATCH_CHANNEL = "datesync_batch"
 # plans per connection, made from the statistics of their time, and a plan made while the queue was tiny walks whole
 # indexes once it is large. Autovacuum would catch up within a minute or so; this is at once.
 ANALYZE_AFTER_DAYS = 500
-# Errors that may mean the connection to our own database broke; ctx.db being closed confirms it.
-CONNECTION_LOST: tuple[type[BaseException], ...] = (
-    asyncpg.ConnectionDoesNotExistError, asyncpg.AdminShutdownError, asyncpg.CannotConnectNowError,
-    asyncpg.ConnectionFailureError, asyncpg.InterfaceError, ConnectionError,
-)
-
-
-class DatabaseLost(Exception):
-    """The handler's database connection (ctx.db) broke under it."""
-
+# After the shutdown grace, how long stopping dates and writing their outcomes may take before the process goes
+# anyway (an unwritten date's lease then runs out and another daemon takes it): past UNWIND_S, with room for writes.
+AFTER_GRACE_S = UNWIND_S + 4.0
 
 
 def new_worker_id() -> str:
@@ -160,9 +155,19 @@ class Daemon:
             await asyncio.gather(main, *side, *extra, return_exceptions=True)
             for handler in self.handlers.values():
                 if handler.close is not None:
-                    with contextlib.suppress(Exception):
-                        await handler.close()
+                    await self._close_handler(handler.close)
             log.info("daemon_stopped", worker=self.worker)
+
+    @staticmethod
+    async def _close_handler(close: Callable[[], Awaitable[None]]) -> None:
+        """A handler's close hook, waited for at most UNWIND_S (not wait_for: it waits for a cancel to land)."""
+        task = asyncio.ensure_future(close())
+        done, _ = await asyncio.wait({task}, timeout=UNWIND_S)
+        if not done:
+            log.warning("handler_close_timed_out", waited_s=UNWIND_S)
+            task.cancel()
+        elif not task.cancelled() and task.exception() is not None:
+            log.warning("handler_close_failed", error=error_text(task.exception() or Exception()))
 
     # -- loop ---------------------------------------------------------------------------------------
 
@@ -331,62 +336,89 @@ class Daemon:
     async def _run_one(self, c: Claimed) -> None:
         structlog.contextvars.bind_contextvars(batch_id=c.batch_id, day=c.day.isoformat(), attempt=c.attempt,
                                                source=c.source)
+        log.info("date_sync_started")
+        try:
+            outcome = await self._attempt(c)
+        except asyncio.CancelledError:
+            outcome = self._interrupted(c)  # re-raises when the cancel was not ours
+        await self._outcomes.put(outcome)
+
+    async def _attempt(self, c: Claimed) -> Outcome:
+        """Run the handler once; every way it can end becomes an outcome (a cancel not ours propagates)."""
         handler = self.handlers[c.source]
         started = time.monotonic()
-        log.info("date_sync_started")
-        outcome: Outcome
         try:
             conn = await self._take_connection()
-            clean = False
+        except DB_ERRORS as exc:
+            # The date never started: our database is away. Not the date's fault; hand it back uncounted.
+            log.warning("date_sync_connection_lost", error=error_text(exc))
+            return Outcome(c.id, c.batch_id, Kind.RELEASED, c.attempt)
+        ctx = SyncContext(
+            day=c.day, db=conn, log=log.bind(), attempt=c.attempt, batch_id=c.batch_id, source=c.source,
+            task_id=c.id, worker=self.worker,
+            _write_progress=lambda done, total, note: self.store.write_progress(c, done, total, note),
+        )
+        ended = await run_handler(handler.sync, c.day, ctx, timeout=self.settings.task_timeout,
+                                  name=f"handler-{c.source}-{c.day}")
+        gone = await self._after_handler(conn, handler.session_safe, ended)
+        if ended.interrupted:
+            return self._interrupted(c)
+        if ended.timed_out:
+            return self._failure(c, f"timed out after {self.settings.task_timeout:g} s", None)
+        if ended.error is not None:
+            if gone and lost_connection(ended.error):
+                # Our database went away under the handler (a Neon suspend, a restart): not the date's fault,
+                # so the attempt is handed back rather than counted. The write waits until the database is back.
+                log.warning("date_sync_connection_lost", error=error_text(ended.error))
+                return Outcome(c.id, c.batch_id, Kind.RELEASED, c.attempt)
+            return self._failure(c, error_text(ended.error), ended.error)
+        try:
+            rows = row_count(ended.result)
+        except (TypeError, ValueError) as exc:
+            return self._failure(c, error_text(exc), None)
+        log.info("date_sync_succeeded", rows=rows, seconds=round(time.monotonic() - started, 3))
+        metrics.TASK_SECONDS.labels(c.source).observe(time.monotonic() - started)
+        return Outcome(c.id, c.batch_id, Kind.SUCCEEDED, c.attempt, rows=rows)
+
+    def _interrupted(self, c: Claimed) -> Outcome:
+        """The outcome of a date we stopped (cancel, shutdown, lost lease); re-raise a cancel that was not ours."""
+        running = self.running.get(c.id)
+        task = asyncio.current_task()
+        if running is not None and running.task is not task:
+            stop_as: Kind | None = Kind.LOST  # our row was claimed again by us: this run is stale
+        else:
+            stop_as = running.stop_as if running is not None else None
+        if stop_as is None:
+            raise asyncio.CancelledError  # not ours: the process is going down hard
+        if task is not None and task.cancelling():
+            task.uncancel()
+        log.info("date_sync_interrupted", reason=stop_as.value)
+        error = "cancelled: its batch was cancelled" if stop_as is Kind.CANCELLED else None
+        return Outcome(c.id, c.batch_id, stop_as, c.attempt, error=error)
+
+    async def _after_handler(self, conn: PoolConnectionProxy, session_safe: bool, ended: Ended) -> bool:
+        """Give the date's connection back; returns whether it was found broken."""
+        if ended.abandoned:
+            # The handler may still use it, in a transaction holding locks: close it so that its work rolls back.
+            terminate(conn)
+            await asyncio.shield(self.pool.release(conn))
+            return False
+        gone = connection_gone(conn)
+        clean = not gone and ended.error is None and not ended.timed_out and not ended.interrupted
+        if not gone and not session_safe:
             try:
-                ctx = SyncContext(
-                    day=c.day, db=conn, log=log.bind(), attempt=c.attempt, batch_id=c.batch_id, source=c.source,
-                    task_id=c.id, worker=self.worker,
-                    _write_progress=lambda done, total, note: self.store.write_progress(c, done, total, note),
-                )
-                try:
-                    async with asyncio.timeout(self.settings.task_timeout):
-                        result = await handler.sync(c.day, ctx)
-                except CONNECTION_LOST as exc:
-                    # Only a break of *our* connection is the database's fault; an upstream's is the date's.
-                    if conn.is_closed():
-                        raise DatabaseLost(error_text(exc)) from exc
-                    raise
-                finally:
-                    if not handler.session_safe and not conn.is_closed():
-                        await asyncio.shield(conn.reset())
-                clean = True
-            finally:
-                await self._give_back_connection(conn, keep=clean)
-            if result is not None and (not isinstance(result, int) or isinstance(result, bool)):
-                raise TypeError(f"the handler returned {type(result).__name__}; expected an int or None")
-            outcome = Outcome(c.id, c.batch_id, Kind.SUCCEEDED, c.attempt, rows=result)
-            log.info("date_sync_succeeded", rows=result, seconds=round(time.monotonic() - started, 3))
-            metrics.TASK_SECONDS.labels(c.source).observe(time.monotonic() - started)
-        except asyncio.CancelledError:
-            stop_as = self.running[c.id].stop_as if c.id in self.running else None
-            if stop_as is None:
-                raise  # not ours: the process is going down hard
-            error = "cancelled: its batch was cancelled" if stop_as is Kind.CANCELLED else None
-            outcome = Outcome(c.id, c.batch_id, stop_as, c.attempt, error=error)
-            log.info("date_sync_interrupted", reason=stop_as.value)
-        except TimeoutError as exc:
-            outcome = self._failure(c, f"timed out after {self.settings.task_timeout:g} s", exc)
-        except DatabaseLost as exc:
-            # Our database went away under the handler (a Neon suspend, a restart): not the date's fault, so
-            # the attempt is handed back rather than counted. The write waits until the database is back.
-            log.warning("date_sync_connection_lost", error=str(exc))
-            outcome = Outcome(c.id, c.batch_id, Kind.RELEASED, c.attempt)
-        except Exception as exc:
-            outcome = self._failure(c, error_text(exc), exc)
-        await self._outcomes.put(outcome)
+                await asyncio.shield(conn.reset())
+            except DB_ERRORS:
+                clean = False
+        await self._give_back_connection(conn, keep=clean)
+        return gone
 
     # -- handler connections ------------------------------------------------------------------------
 
     async def _take_connection(self) -> PoolConnectionProxy:
         while self._spare:
             spare = self._spare.pop()
-            if not spare.is_closed():
+            if not connection_gone(spare):
                 return spare
             await self.pool.release(spare)
         conn: PoolConnectionProxy = await self.pool.acquire()
@@ -396,10 +428,11 @@ class Daemon:
         """Keep a date's connection for the next date while the daemon is busy: a pool acquire and release cost an
         event-loop task each (asyncpg shields the release), a fifth of the daemon's time at short dates. Only a
         connection left clean by a date that ended normally is kept; the rest go back through the pool's reset."""
-        if keep and not conn.is_closed() and not conn.is_in_transaction() and not self._stopping.is_set():
+        if keep and not connection_gone(conn) and not conn.is_in_transaction() and not self._stopping.is_set():
             self._spare.append(conn)
             return
-        await asyncio.shield(self.pool.release(conn))
+        with contextlib.suppress(*DB_ERRORS):
+            await asyncio.shield(self.pool.release(conn))
 
     async def _release_spare_connections(self) -> None:
         """Hand kept connections back to the pool once no date runs, so that an idle daemon holds none."""
@@ -408,14 +441,16 @@ class Daemon:
             with contextlib.suppress(*DB_ERRORS):
                 await self.pool.release(conn)
 
-    def _failure(self, c: Claimed, message: str, exc: BaseException) -> Outcome:
+    def _failure(self, c: Claimed, message: str, exc: BaseException | None) -> Outcome:
         metrics.ATTEMPTS_FAILED.labels(c.source).inc()
+        # The traceback goes through the same boundary as the message: it holds the handler's text too.
+        trace = {"exception": traceback_text(exc)} if exc is not None else {}
         if c.attempt < c.max_attempts:
             metrics.RETRIES.labels(c.source).inc()
             delay = retry_delay(self.settings.retry_delay, c.attempt)
-            log.warning("date_sync_failed_will_retry", error=message, retry_in_s=round(delay, 2), exc_info=exc)
+            log.warning("date_sync_failed_will_retry", error=message, retry_in_s=round(delay, 2), **trace)
             return Outcome(c.id, c.batch_id, Kind.FAILED, c.attempt, error=message, retry_in=delay)
-        log.error("date_sync_failed", error=message, exc_info=exc)
+        log.error("date_sync_failed", error=message, **trace)
         return Outcome(c.id, c.batch_id, Kind.FAILED, c.attempt, error=message)
 
     def _stop_task(self, running: Running, kind: Kind) -> None:
@@ -439,8 +474,10 @@ class Daemon:
                     batch.append(self._outcomes.get_nowait())
             await self._write_outcomes(batch)
 
-    async def _write_outcomes(self, batch: list[Outcome]) -> None:
-        """Write outcomes and, in the same transaction, claim dates for the slots they free."""
+    async def _write_outcomes(self, batch: list[Outcome], deadline: float | None = None) -> None:
+        """Write outcomes and, in the same transaction, claim dates for the slots they free. A write that fails for
+        a reason retrying cannot cure is split per outcome (outcome.fallbacks); `deadline` (loop time) bounds the
+        retries at shutdown."""
         failures = 0
         finishing = frozenset(o.task_id for o in batch)
         while True:
@@ -455,13 +492,48 @@ class Daemon:
                     self._settle(batch, changed)
                     self._take(claimed)
                     break
+            if not retry_may_cure(error):
+                await self._write_apart(batch, error, deadline)
+                break
             # Keep the outcomes until the database takes them; meanwhile the slots stay taken. If our lease
             # runs out first, the guarded update writes nothing and the takeover stands.
             failures += 1
             if failures == 1 and not isinstance(error, asyncpg.UniqueViolationError):
                 log.warning("finish_write_failed_retrying", error=error_text(error), outcomes=len(batch))
-            await asyncio.sleep(min(0.005 * 4**failures, 5.0))
+            pause = min(0.005 * 4**failures, 5.0)
+            if deadline is not None and asyncio.get_running_loop().time() + pause > deadline:
+                log.warning("finish_write_given_up", error=error_text(error), outcomes=len(batch))
+                break
+            await asyncio.sleep(pause)
         self.wake(full=False)
+
+    async def _write_apart(self, batch: list[Outcome], error: BaseException, deadline: float | None) -> None:
+        """The database refused the outcomes themselves (a text or a number it cannot store): write each alone,
+        then with its error replaced, then as a bare failed attempt. One that cannot be written even so gives up
+        its slot, so that its lease is no longer renewed and runs out: an outcome never holds a slot for good."""
+        log.error("finish_write_refused", error=error_text(error), outcomes=len(batch))
+        for i, outcome in enumerate(batch):
+            running = self.running.get(outcome.task_id)
+            for variant in fallbacks(outcome, error, running.claimed if running else None, self.settings):
+                refused = await self._write_one(variant)
+                if refused is None:
+                    break
+                if retry_may_cure(refused):  # the database went away meanwhile: back to the patient loop
+                    await self._write_outcomes([variant, *batch[i + 1:]], deadline)
+                    return
+            else:
+                log.error("task_outcome_unwritable", task_id=outcome.task_id, error=error_text(error))
+                self._settle([outcome], [])
+
+    async def _write_one(self, outcome: Outcome) -> BaseException | None:
+        """One outcome alone, once; None when written, else the error."""
+        async with self._claim_lock:
+            try:
+                changed, _ = await self.store.finish([outcome])
+            except DB_ERRORS as exc:
+                return exc
+            self._settle([outcome], changed)
+            return None
 
     def _settle(self, batch: list[Outcome], changed: list[asyncpg.Record]) -> None:
         """Free the slots of written outcomes; count them; log the batches they ended."""
@@ -523,23 +595,28 @@ class Daemon:
     # -- shutdown -----------------------------------------------------------------------------------
 
     async def _drain(self) -> None:
-        """Give running dates the grace period, then hand the rest back and write every outcome."""
+        """Give running dates the grace period, then hand the rest back and write every outcome. Whatever the
+        handlers do, this ends within AFTER_GRACE_S of the grace: each stopped date returns within UNWIND_S
+        (attempt.py), and writes that the database does not take by then are left to the leases."""
+        loop = asyncio.get_running_loop()
         tasks = [r.task for r in self.running.values()]
+        pending: set[asyncio.Task[None]] = set()
         if tasks:
             _done, pending = await asyncio.wait(tasks, timeout=self.grace)
             for running in list(self.running.values()):
                 if running.task in pending:
                     self._stop_task(running, Kind.RELEASED)
-            if pending:
-                await asyncio.wait(pending, timeout=5)
+        deadline = loop.time() + AFTER_GRACE_S
+        if pending:
+            await asyncio.wait(pending, timeout=max(deadline - loop.time(), 0.0))
         # Let the finisher write what is queued; then write anything left ourselves.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), 5)
+            await asyncio.wait_for(self._idle.wait(), max(deadline - loop.time(), 0.0))
         leftovers: list[Outcome] = []
         while not self._outcomes.empty():
             leftovers.append(self._outcomes.get_nowait())
         if leftovers:
-            await self._write_outcomes(leftovers)
+            await self._write_outcomes(leftovers, deadline)
         if self.running:
             log.warning("daemon_stopped_with_unwritten_tasks", tasks=sorted(self.running))
         await self._release_spare_connections()
