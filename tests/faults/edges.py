@@ -104,3 +104,11 @@ async def swallow_cancel(day: datetime.date, ctx: SyncContext) -> int:
         except asyncio.CancelledError:
             continue
     return 1
+
+
+async def db_busy(day: datetime.date, ctx: SyncContext) -> int:
+    """Works on its own connection for about DATESYNC_EDGE_BUSY_S seconds (a restart of the database cuts it)."""
+    deadline = time.monotonic() + float(os.environ.get("DATESYNC_EDGE_BUSY_S", "1.5"))
+    while time.monotonic() < deadline:
+        await ctx.db.execute("SELECT pg_sleep(0.05)")
+    return 1

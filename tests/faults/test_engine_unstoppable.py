@@ -1,0 +1,87 @@
+"""Issue 15 against real `datesync daemon` processes: handlers that block their thread or swallow cancellation
+cannot outlive a SIGTERM, and a database restart (fast or immediate) under running dates charges no attempt."""
+
+from __future__ import annotations
+
+import time
+
+import asyncpg
+import pytest
+
+from tests.faults import scenarios
+from tests.faults.common import day, insert_batch, open_conn, running_tasks, wait_all_final, wait_until
+from tests.faults.dbs import DedicatedServer, fresh_database
+
+EDGE = "tests.faults.edges:"
+
+
+@pytest.mark.parametrize(("handler", "timeout", "grace"), [
+    ("blocking_sleep", 3, 3),  # the reported case: a plain function sleeping an hour
+    ("blocking_sleep", 60, 1),  # still running at the SIGTERM: handed back
+    ("swallow_cancel", 60, 1),  # catches every CancelledError
+])
+async def test_sigterm_ends_the_process_within_the_grace_whatever_the_handlers_do(
+    dsn: str, handler: str, timeout: int, grace: int
+) -> None:
+    env = {"DATESYNC_HANDLER": EDGE + handler, "DATESYNC_TASK_TIMEOUT": str(timeout),
+           "DATESYNC_SHUTDOWN_GRACE": str(grace), "DATESYNC_CONCURRENCY": "2", "DATESYNC_LEASE": "3",
+           "DATESYNC_MAX_ATTEMPTS": "5"}
+    conn = await open_conn(dsn)
+    try:
+        async with scenarios.daemon_fleet(dsn, env) as fleet:
+            proc = fleet.spawn()
+            await proc.wait_log("daemon_started")
+            await insert_batch(conn, day(0), day(3))
+            await wait_until(lambda: _two_running(conn), 20, "the dates did not start")
+            started = time.monotonic()
+            code = await fleet.sigterm(proc, timeout=grace + 30)
+            took = time.monotonic() - started
+            print(f"{handler} timeout={timeout} grace={grace}: exited {took:.2f}s after SIGTERM")
+            assert code == 0, proc.log_text()[-3000:]
+            assert took < grace + 10, f"the daemon took {took:.1f}s to exit after SIGTERM (grace {grace}s)"
+            held = await conn.fetch("SELECT id, state::text, attempt FROM datesync.task "
+                                    "WHERE state = 'running' OR lease_owner IS NOT NULL")
+            assert held == [], held
+            if timeout > 10:  # the dates were running at the SIGTERM: handed back, the attempt not counted
+                rows = await conn.fetch("SELECT state::text, attempt FROM datesync.task ORDER BY day")
+                assert [(r["state"], r["attempt"]) for r in rows] == [("queued", 0)] * 4
+    finally:
+        await conn.close()
+
+
+async def _two_running(conn: asyncpg.Connection) -> bool:
+    return await running_tasks(conn) >= 2
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+async def test_a_database_restart_under_running_dates_charges_no_attempt(
+    own_server: DedicatedServer, mode: str
+) -> None:
+    """Every date works on ctx.db when PostgreSQL stops: the attempt is handed back, not counted, whichever error
+    the cut surfaces as (before the fix: InterfaceError from a pool proxy asyncpg had detached)."""
+    env = {"DATESYNC_HANDLER": EDGE + "db_busy", "DATESYNC_CONCURRENCY": "4", "DATESYNC_LEASE": "6",
+           "DATESYNC_MAX_ATTEMPTS": "5", "DATESYNC_POLL_INTERVAL": "1", "DATESYNC_EDGE_BUSY_S": "1.5"}
+    async with fresh_database(own_server.admin_dsn) as dsn, scenarios.daemon_fleet(dsn, env) as fleet:
+        conn = await open_conn(dsn)
+        try:
+            await fleet.spawn().wait_log("daemon_started")
+            await insert_batch(conn, day(0), day(7))
+            await wait_until(lambda: _all_slots_busy(conn), 20, "the dates did not start")
+        finally:
+            await conn.close()
+        await own_server.restart(down_for=1.0, mode=mode)
+        await wait_all_final(dsn, 90)
+        conn = await open_conn(dsn)
+        try:
+            rows = await conn.fetch("SELECT day, state::text, attempt, error FROM datesync.task ORDER BY day")
+            log = fleet.procs[0].log_text()
+        finally:
+            await conn.close()
+        assert [(r["state"], r["attempt"]) for r in rows] == [("succeeded", 1)] * 8, (
+            [dict(r) for r in rows], log[-4000:])
+        assert "date_sync_connection_lost" in log  # the cut did land under running dates
+
+
+async def _all_slots_busy(conn: asyncpg.Connection) -> bool:
+    return await running_tasks(conn) >= 4
