@@ -45,6 +45,8 @@ ANALYZE_AFTER_DAYS = 500
 # After the shutdown grace, how long stopping dates and writing their outcomes may take before the process goes
 # anyway (an unwritten date's lease then runs out and another daemon takes it): past UNWIND_S, with room for writes.
 AFTER_GRACE_S = UNWIND_S + 4.0
+# A date whose own connection broke under it this many times in a row (here) counts the next such attempt.
+MAX_LOST_HANDBACKS = 5
 
 
 def new_worker_id() -> str:
@@ -96,6 +98,7 @@ class Daemon:
         self._claim_lock = asyncio.Lock()
         self._work_waiting = False
         self._housekept_at = 0.0
+        self._lost_handbacks: dict[int, int] = {}  # task id -> connection-loss hand-backs in a row
         self._spare: list[PoolConnectionProxy] = []  # handler connections kept between dates while busy
         self._idle = asyncio.Event()  # set whenever no date is running
         self._idle.set()
@@ -366,7 +369,7 @@ class Daemon:
         if ended.timed_out:
             return self._failure(c, f"timed out after {self.settings.task_timeout:g} s", None)
         if ended.error is not None:
-            if gone and lost_connection(ended.error):
+            if gone and lost_connection(ended.error) and self._hand_back_lost(c):
                 # Our database went away under the handler (a Neon suspend, a restart): not the date's fault,
                 # so the attempt is handed back rather than counted. The write waits until the database is back.
                 log.warning("date_sync_connection_lost", error=error_text(ended.error))
@@ -376,9 +379,19 @@ class Daemon:
             rows = row_count(ended.result)
         except (TypeError, ValueError) as exc:
             return self._failure(c, error_text(exc), None)
+        self._lost_handbacks.pop(c.id, None)
         log.info("date_sync_succeeded", rows=rows, seconds=round(time.monotonic() - started, 3))
         metrics.TASK_SECONDS.labels(c.source).observe(time.monotonic() - started)
         return Outcome(c.id, c.batch_id, Kind.SUCCEEDED, c.attempt, rows=rows)
+
+    def _hand_back_lost(self, c: Claimed) -> bool:
+        """Whether to hand back a date whose connection broke under it, uncounted. A handler that closes ctx.db
+        itself would otherwise be handed back for ever: past MAX_LOST_HANDBACKS in a row, the attempt counts."""
+        if len(self._lost_handbacks) > 10_000:
+            self._lost_handbacks.clear()
+        times = self._lost_handbacks.get(c.id, 0) + 1
+        self._lost_handbacks[c.id] = times
+        return times <= MAX_LOST_HANDBACKS
 
     def _interrupted(self, c: Claimed) -> Outcome:
         """The outcome of a date we stopped (cancel, shutdown, lost lease); re-raise a cancel that was not ours."""

@@ -112,3 +112,46 @@ async def db_busy(day: datetime.date, ctx: SyncContext) -> int:
     while time.monotonic() < deadline:
         await ctx.db.execute("SELECT pg_sleep(0.05)")
     return 1
+
+
+# -- planned behaviour, for the generative test and the soak ------------------------------------------------
+
+Behaviour = tuple[object, ...]
+# day -> what the handler does for it: ("return", value) · ("raise", exception type, message) · ("hang",) ·
+# ("swallow",) · ("block", seconds) · ("progress", done, total, note) · ("db_error", text) · ("close_db",)
+PLANS: dict[datetime.date, Behaviour] = {}
+
+
+class CustomBase(BaseException):
+    """A BaseException of the handler's own (not an Exception)."""
+
+
+async def planned(day: datetime.date, ctx: SyncContext) -> object:
+    """Does what PLANS says for `day` (returns 1 for a day without a plan)."""
+    from daemon.sync import threads
+
+    plan = PLANS.get(day, ("return", 1))
+    kind = plan[0]
+    if kind == "return":
+        return plan[1]
+    if kind == "raise":
+        kind_of, message = plan[1], plan[2]
+        raise kind_of(message)  # type: ignore[operator]
+    if kind == "hang":
+        await asyncio.sleep(3600)
+    if kind == "swallow":
+        return await swallow_cancel(day, ctx)
+    if kind == "block":
+        await threads.run_in_thread(time.sleep, plan[1])
+        return 1
+    if kind == "progress":
+        await ctx.progress(plan[1], plan[2], plan[3])  # type: ignore[arg-type]
+        return 1
+    if kind == "db_error":
+        async with ctx.db.transaction():
+            await ctx.db.execute("SELECT $1::text", plan[1])
+        return 1
+    if kind == "close_db":
+        await ctx.db.close()
+        await ctx.db.execute("SELECT 1")
+    raise AssertionError(f"unknown plan {plan!r}")
