@@ -15,6 +15,9 @@ import time
 
 from daemon.sync.context import SyncContext
 
+# The demo's tables (run_log, daily) exist wherever these handlers run: the fault invariants read them.
+from tests.faults.handlers import setup as setup
+
 BASIC = base64.b64encode(b"alice:hunter2-very-secret").decode()
 ERRORS: dict[str, str] = {
     "nul": "x\x00y",

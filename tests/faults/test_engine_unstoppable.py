@@ -8,9 +8,9 @@ import time
 import asyncpg
 import pytest
 
-from tests.faults import scenarios
-from tests.faults.common import day, insert_batch, open_conn, running_tasks, wait_all_final, wait_until
-from tests.faults.dbs import DedicatedServer, fresh_database
+from tests.faults import edge_scenarios, scenarios
+from tests.faults.common import SUITE, day, insert_batch, open_conn, running_tasks, wait_until
+from tests.faults.dbs import DedicatedServer
 
 EDGE = "tests.faults.edges:"
 
@@ -56,32 +56,18 @@ async def _two_running(conn: asyncpg.Connection) -> bool:
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
 async def test_a_database_restart_under_running_dates_charges_no_attempt(
-    own_server: DedicatedServer, mode: str
+    own_server: DedicatedServer, seed: int, mode: str
 ) -> None:
     """Every date works on ctx.db when PostgreSQL stops: the attempt is handed back, not counted, whichever error
     the cut surfaces as (before the fix: InterfaceError from a pool proxy asyncpg had detached)."""
-    env = {"DATESYNC_HANDLER": EDGE + "db_busy", "DATESYNC_CONCURRENCY": "4", "DATESYNC_LEASE": "6",
-           "DATESYNC_MAX_ATTEMPTS": "5", "DATESYNC_POLL_INTERVAL": "1", "DATESYNC_EDGE_BUSY_S": "1.5"}
-    async with fresh_database(own_server.admin_dsn) as dsn, scenarios.daemon_fleet(dsn, env) as fleet:
-        conn = await open_conn(dsn)
-        try:
-            await fleet.spawn().wait_log("daemon_started")
-            await insert_batch(conn, day(0), day(7))
-            await wait_until(lambda: _all_slots_busy(conn), 20, "the dates did not start")
-        finally:
-            await conn.close()
-        await own_server.restart(down_for=1.0, mode=mode)
-        await wait_all_final(dsn, 90)
-        conn = await open_conn(dsn)
-        try:
-            rows = await conn.fetch("SELECT day, state::text, attempt, error FROM datesync.task ORDER BY day")
-            log = fleet.procs[0].log_text()
-        finally:
-            await conn.close()
-        assert [(r["state"], r["attempt"]) for r in rows] == [("succeeded", 1)] * 8, (
-            [dict(r) for r in rows], log[-4000:])
-        assert "date_sync_connection_lost" in log  # the cut did land under running dates
+    fig = await edge_scenarios.restart_under_running_dates(own_server, seed, SUITE, mode)
+    assert not fig.problems, fig.failure()
 
 
-async def _all_slots_busy(conn: asyncpg.Connection) -> bool:
-    return await running_tasks(conn) >= 4
+@pytest.mark.timeout(240)
+async def test_edge_handlers_under_two_daemons_end_cleanly_and_a_sigterm_hands_stuck_dates_back(
+    dsn: str, seed: int
+) -> None:
+    fig = await edge_scenarios.handler_edges(dsn, seed, SUITE)
+    assert not fig.problems, fig.failure()
+    assert fig.sigterms >= 1

@@ -125,3 +125,20 @@ async def _wait_running(db: asyncpg.Connection, batch_id: int) -> None:
 def _abandoned(kind: str) -> float:
     value = REGISTRY.get_sample_value("datesync_handlers_abandoned_total", {"kind": kind})
     return value or 0.0
+
+
+async def test_a_handler_that_closes_its_own_connection_is_not_handed_back_for_ever(
+    db: asyncpg.Connection, dsn: str
+) -> None:
+    """Its connection is closed when it raises, which looks like a lost database: handed back (uncounted) a few
+    times in a row, then the attempts count and the date fails."""
+    from tests.faults import edges
+
+    day = D + datetime.timedelta(days=200)
+    edges.PLANS[day] = ("close_db",)
+    async with running_daemon(dsn, FAST.replace(max_attempts=2), handler=EDGE + "planned"):
+        tasks = await ends_clean(db, await insert(db, 1, day), timeout=20)
+    assert [(t["state"], t["attempt"]) for t in tasks] == [("failed", 2)]
+    assert "InterfaceError" in tasks[0]["error"]
+    runs = await db.fetchval("SELECT count(*) FROM datesync.event WHERE task_id IS NOT NULL AND state = 'running'")
+    assert runs == 5 + 2  # MAX_LOST_HANDBACKS uncounted runs, then the two counted attempts
