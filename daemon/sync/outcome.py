@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 # The text boundary lives in clean.py; error_text stays importable from here for older callers.
+from daemon.sync.clean import clean_text
 from daemon.sync.clean import error_text as error_text
 
 if TYPE_CHECKING:
@@ -81,8 +82,10 @@ def fallbacks(outcome: Outcome, refusal: BaseException, claimed: Claimed | None,
         return
     reason = f"{UNRECORDABLE} ({type(refusal).__name__} {getattr(refusal, 'sqlstate', None) or ''})".replace(" )", ")")
     if outcome.error is not None or outcome.rows is not None:
-        ascii_error = (outcome.error or reason).encode("ascii", "backslashreplace").decode("ascii")
-        yield dataclasses.replace(outcome, error=ascii_error, rows=None)
+        # Cleaned again (the refusal may be a text that escaped the boundary) and in ASCII, which every server
+        # encoding takes; a success keeps its state and loses only its row count.
+        error = None if outcome.error is None else clean_text(outcome.error).encode("ascii", "backslashreplace")
+        yield dataclasses.replace(outcome, error=None if error is None else error.decode("ascii"), rows=None)
     retry_in = None
     if claimed is not None and claimed.attempt < claimed.max_attempts:
         retry_in = retry_delay(settings.retry_delay, claimed.attempt)

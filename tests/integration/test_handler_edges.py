@@ -142,3 +142,27 @@ async def test_a_handler_that_closes_its_own_connection_is_not_handed_back_for_e
     assert "InterfaceError" in tasks[0]["error"]
     runs = await db.fetchval("SELECT count(*) FROM datesync.event WHERE task_id IS NOT NULL AND state = 'running'")
     assert runs == 5 + 2  # MAX_LOST_HANDBACKS uncounted runs, then the two counted attempts
+
+
+@pytest.mark.parametrize("escape", ["error", "rows"])
+async def test_an_outcome_the_database_refuses_is_written_apart_and_never_holds_a_slot(
+    db: asyncpg.Connection, dsn: str, monkeypatch: pytest.MonkeyPatch, escape: str
+) -> None:
+    """The boundary switched off (as if it missed something): the finish write is refused for its data (NUL in
+    the error; a row count asyncpg cannot encode). The outcomes of the same write that are fine are written as
+    they are, the refused one in its fallback form, and every slot is freed; the daemon goes on."""
+    from daemon.sync import worker
+
+    if escape == "error":
+        monkeypatch.setattr(worker, "error_text", lambda exc: f"{type(exc).__name__}: {exc}")
+        handler, expected = "nul_error", ("failed", None, "RuntimeError: xy")
+    else:
+        monkeypatch.setattr(worker, "row_count", lambda result: result)
+        handler, expected = "huge_rows", ("succeeded", None, None)
+    settings = FAST.replace(max_attempts=1, concurrency=3)
+    async with running_daemon(dsn, settings, handler=EDGE + handler) as daemon:
+        tasks = await ends_clean(db, await insert(db, 3))
+        assert [(t["state"], t["rows_synced"], t["error"]) for t in tasks] == [expected] * 3
+        assert not daemon.running
+        monkeypatch.undo()
+        await ends_clean(db, await insert(db, 1, D + datetime.timedelta(days=30)))
