@@ -13,6 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
+import sys
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,6 +27,7 @@ from daemon import metrics
 log = structlog.get_logger("datesync.daemon")
 
 UNWIND_S = 3.0  # how long a stopped handler may take to unwind before it is stopped by force
+EXIT_AFTER_S = 3.0  # how long a finished process waits for handler tasks it could not stop before it exits anyway
 
 # Errors that may mean the connection to our own database broke; the connection being closed confirms it.
 CONNECTION_LOST: tuple[type[BaseException], ...] = (
@@ -107,6 +111,30 @@ async def _stop(child: asyncio.Task[object]) -> bool:
         _left_behind.add(child)
         child.add_done_callback(_forget)
     return False
+
+
+def left_behind() -> int:
+    """Handler tasks that could not be stopped (they caught even the GeneratorExit of a forced close)."""
+    return len(_left_behind)
+
+
+def exit_regardless(code: int) -> None:
+    """Called when a process's main coroutine has finished: if handler tasks could not be stopped, asyncio.run's
+    clean-up would wait for them for ever (it cancels every task and waits), so exit after EXIT_AFTER_S anyway.
+    A daemon thread: a process that exits normally first takes it along."""
+    if not _left_behind:
+        return
+    log.warning("handlers_left_running", tasks=len(_left_behind), exit_in_s=EXIT_AFTER_S)
+
+    def exit_now() -> None:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+    timer = threading.Timer(EXIT_AFTER_S, exit_now)
+    timer.daemon = True
+    timer.start()
 
 
 def _forget(child: asyncio.Task[object]) -> None:

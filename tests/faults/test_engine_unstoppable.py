@@ -3,6 +3,8 @@ cannot outlive a SIGTERM, and a database restart (fast or immediate) under runni
 
 from __future__ import annotations
 
+import asyncio
+import sys
 import time
 
 import asyncpg
@@ -11,6 +13,7 @@ import pytest
 from tests.faults import edge_scenarios, scenarios
 from tests.faults.common import SUITE, day, insert_batch, open_conn, running_tasks, wait_until
 from tests.faults.dbs import DedicatedServer
+from tests.faults.procs import ROOT
 
 EDGE = "tests.faults.edges:"
 
@@ -19,6 +22,7 @@ EDGE = "tests.faults.edges:"
     ("blocking_sleep", 3, 3),  # the reported case: a plain function sleeping an hour
     ("blocking_sleep", 60, 1),  # still running at the SIGTERM: handed back
     ("swallow_cancel", 60, 1),  # catches every CancelledError
+    ("swallow_everything", 60, 1),  # a bare except: even the forced close cannot stop it
 ])
 async def test_sigterm_ends_the_process_within_the_grace_whatever_the_handlers_do(
     dsn: str, handler: str, timeout: int, grace: int
@@ -71,3 +75,40 @@ async def test_edge_handlers_under_two_daemons_end_cleanly_and_a_sigterm_hands_s
     fig = await edge_scenarios.handler_edges(dsn, seed, SUITE)
     assert not fig.problems, fig.failure()
     assert fig.sigterms >= 1
+
+
+UNSTOPPABLE = """
+import asyncio
+from daemon.sync import attempt
+from datesync.cli import _event_loop_run
+
+async def forever():
+    while True:
+        try:
+            await asyncio.sleep(0.05)
+        except BaseException:
+            pass
+
+async def main():
+    attempt._left_behind.add(asyncio.create_task(forever()))
+    await asyncio.sleep(0.1)
+
+_event_loop_run(main())
+"""
+
+
+async def test_a_process_exits_even_when_a_handler_task_can_never_be_stopped() -> None:
+    """asyncio.run's clean-up cancels every task and waits for them: a task that catches everything would hold the
+    process for ever. The CLI's runner exits anyway, EXIT_AFTER_S after its main coroutine ended."""
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", UNSTOPPABLE, cwd=ROOT,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        output, _ = await asyncio.wait_for(proc.communicate(), 20)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, output
+    assert time.monotonic() - started < 10
+    assert b"handlers_left_running" in output
