@@ -65,6 +65,9 @@ async def run_handler(func: Callable[..., Awaitable[object]], *args: Any, timeou
     try:
         done, _ = await asyncio.wait({child}, timeout=timeout)
     except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()  # absorbed here: later awaits of this task (the connection's reset) must not see it
         return Ended(interrupted=True, abandoned=not await _stop(child))
     if not done:
         return Ended(timed_out=True, abandoned=not await _stop(child))

@@ -99,6 +99,7 @@ class Daemon:
         self._work_waiting = False
         self._housekept_at = 0.0
         self._lost_handbacks: dict[int, int] = {}  # task id -> connection-loss hand-backs in a row
+        self._cleanups: set[asyncio.Future[None]] = set()  # connection give-backs of ended dates
         self._spare: list[PoolConnectionProxy] = []  # handler connections kept between dates while busy
         self._idle = asyncio.Event()  # set whenever no date is running
         self._idle.set()
@@ -344,6 +345,14 @@ class Daemon:
             outcome = await self._attempt(c)
         except asyncio.CancelledError:
             outcome = self._interrupted(c)  # re-raises when the cancel was not ours
+        except Exception as exc:
+            # Our own bookkeeping failed (the handler's errors never come here): a date without an outcome would
+            # hold its slot, its lease renewed, for good. Hand it back, uncounted a few times in a row.
+            log.error("date_sync_internal_error", error=error_text(exc), exception=traceback_text(exc))
+            if self._hand_back_lost(c):
+                outcome = Outcome(c.id, c.batch_id, Kind.RELEASED, c.attempt)
+            else:
+                outcome = self._failure(c, error_text(exc), exc)
         await self._outcomes.put(outcome)
 
     async def _attempt(self, c: Claimed) -> Outcome:
@@ -363,7 +372,13 @@ class Daemon:
         )
         ended = await run_handler(handler.sync, c.day, ctx, timeout=self.settings.task_timeout,
                                   name=f"handler-{c.source}-{c.day}")
-        gone = await self._after_handler(conn, handler.session_safe, ended)
+        gone = connection_gone(conn)
+        # The connection goes back even if this date is cancelled meanwhile (a pool that never gets it back would
+        # hold the process at its close); drain waits for these.
+        cleanup = asyncio.ensure_future(self._after_handler(conn, handler.session_safe, ended, gone))
+        self._cleanups.add(cleanup)
+        cleanup.add_done_callback(self._cleanups.discard)
+        await asyncio.shield(cleanup)
         if ended.interrupted:
             return self._interrupted(c)
         if ended.timed_out:
@@ -409,22 +424,24 @@ class Daemon:
         error = "cancelled: its batch was cancelled" if stop_as is Kind.CANCELLED else None
         return Outcome(c.id, c.batch_id, stop_as, c.attempt, error=error)
 
-    async def _after_handler(self, conn: PoolConnectionProxy, session_safe: bool, ended: Ended) -> bool:
-        """Give the date's connection back; returns whether it was found broken."""
-        if ended.abandoned:
-            # The handler may still use it, in a transaction holding locks: close it so that its work rolls back.
-            terminate(conn)
-            await asyncio.shield(self.pool.release(conn))
-            return False
-        gone = connection_gone(conn)
-        clean = not gone and ended.error is None and not ended.timed_out and not ended.interrupted
-        if not gone and not session_safe:
-            try:
-                await asyncio.shield(conn.reset())
-            except DB_ERRORS:
-                clean = False
-        await self._give_back_connection(conn, keep=clean)
-        return gone
+    async def _after_handler(self, conn: PoolConnectionProxy, session_safe: bool, ended: Ended, gone: bool) -> None:
+        """Give the date's connection back (reset, or closed if its handler was abandoned)."""
+        try:
+            if ended.abandoned:
+                # The handler may still use it, in a transaction holding locks: close it so that its work rolls
+                # back.
+                terminate(conn)
+                await self.pool.release(conn)
+                return
+            clean = not gone and ended.error is None and not ended.timed_out and not ended.interrupted
+            if not gone and not session_safe:
+                try:
+                    await conn.reset()
+                except DB_ERRORS:
+                    clean = False
+            await self._give_back_connection(conn, keep=clean)
+        except Exception as exc:  # never lose the date over its connection's clean-up
+            log.warning("date_connection_cleanup_failed", error=error_text(exc))
 
     # -- handler connections ------------------------------------------------------------------------
 
@@ -632,4 +649,6 @@ class Daemon:
             await self._write_outcomes(leftovers, deadline)
         if self.running:
             log.warning("daemon_stopped_with_unwritten_tasks", tasks=sorted(self.running))
+        if self._cleanups:
+            await asyncio.wait(set(self._cleanups), timeout=max(deadline - loop.time(), 0.5))
         await self._release_spare_connections()
