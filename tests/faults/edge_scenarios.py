@@ -143,7 +143,13 @@ async def restart_under_running_dates(server: DedicatedServer, seed: int, scale:
         await asyncio.sleep(rng.uniform(0.0, 0.5))
         await server.restart(down_for=rng.uniform(0.3, 1.5), mode=mode)
         fig.db_restarts += 1
-        await wait_all_final(dsn, 90)
+        try:
+            await wait_all_final(dsn, 90)
+        except AssertionError as exc:
+            fig.problems.append(f"-m {mode}: {exc}")
+            fig.details = fleet.logs()
+            fig.seconds = time.monotonic() - started
+            return fig
         conn = await open_conn(dsn)
         try:
             for row in await conn.fetch("SELECT day, state::text, attempt, error FROM datesync.task ORDER BY day"):
