@@ -32,7 +32,7 @@ EXIT_AFTER_S = 3.0  # how long a finished process waits for handler tasks it cou
 # Errors that may mean the connection to our own database broke; the connection being closed confirms it.
 CONNECTION_LOST: tuple[type[BaseException], ...] = (
     asyncpg.ConnectionDoesNotExistError, asyncpg.AdminShutdownError, asyncpg.CannotConnectNowError,
-    asyncpg.ConnectionFailureError, asyncpg.InterfaceError, ConnectionError,
+    asyncpg.ConnectionFailureError, asyncpg.InterfaceError, asyncpg.InternalClientError, ConnectionError,
 )
 
 _left_behind: set[asyncio.Task[Any]] = set()  # abandoned handler tasks, referenced until they end

@@ -25,7 +25,7 @@ import structlog
 from asyncpg.pool import PoolConnectionProxy
 
 from daemon import metrics
-from daemon.db.connect import DB_ERRORS
+from daemon.db.connect import DB_ERRORS as CONNECT_DB_ERRORS
 from daemon.listener import Listener
 from daemon.settings import Settings
 from daemon.sync.attempt import UNWIND_S, Ended, connection_gone, lost_connection, run_handler, terminate
@@ -42,6 +42,10 @@ BATCH_CHANNEL = "datesync_batch"
 # plans per connection, made from the statistics of their time, and a plan made while the queue was tiny walks whole
 # indexes once it is large. Autovacuum would catch up within a minute or so; this is at once.
 ANALYZE_AFTER_DAYS = 500
+# Database failures to retry or report, never to die of. asyncpg's InternalClientError ("cannot switch to state
+# 11; another operation is in progress") comes from a pooled connection that a server shutdown cut mid-operation;
+# it once crashed the finisher, which stopped the daemon with its dates unwritten (issue 15's restart soak).
+DB_FAILURES: tuple[type[BaseException], ...] = (*CONNECT_DB_ERRORS, asyncpg.InternalClientError)
 # After the shutdown grace, how long stopping dates and writing their outcomes may take before the process goes
 # anyway (an unwritten date's lease then runs out and another daemon takes it): past UNWIND_S, with room for writes.
 AFTER_GRACE_S = UNWIND_S + 4.0
@@ -201,7 +205,7 @@ class Daemon:
                 if failures:
                     log.info("daemon_database_recovered", after_failures=failures)
                 failures = 0
-            except DB_ERRORS as exc:
+            except DB_FAILURES as exc:
                 failures += 1
                 self._full_scan = True
                 if failures == 1:
@@ -240,7 +244,7 @@ class Daemon:
         """ANALYZE the task table beside the loop (it blocks no reads or writes, but may wait on autovacuum)."""
         try:
             await self.store.analyze_tasks()
-        except DB_ERRORS as exc:
+        except DB_FAILURES as exc:
             log.info("task_statistics_not_refreshed", error=error_text(exc))
         finally:
             self._analyzing = None
@@ -361,7 +365,7 @@ class Daemon:
         started = time.monotonic()
         try:
             conn = await self._take_connection()
-        except DB_ERRORS as exc:
+        except DB_FAILURES as exc:
             # The date never started: our database is away. Not the date's fault; hand it back uncounted.
             log.warning("date_sync_connection_lost", error=error_text(exc))
             return Outcome(c.id, c.batch_id, Kind.RELEASED, c.attempt)
@@ -437,7 +441,7 @@ class Daemon:
             if not gone and not session_safe:
                 try:
                     await conn.reset()
-                except DB_ERRORS:
+                except DB_FAILURES:
                     clean = False
             await self._give_back_connection(conn, keep=clean)
         except Exception as exc:  # never lose the date over its connection's clean-up
@@ -461,14 +465,14 @@ class Daemon:
         if keep and not connection_gone(conn) and not conn.is_in_transaction() and not self._stopping.is_set():
             self._spare.append(conn)
             return
-        with contextlib.suppress(*DB_ERRORS):
+        with contextlib.suppress(*DB_FAILURES):
             await asyncio.shield(self.pool.release(conn))
 
     async def _release_spare_connections(self) -> None:
         """Hand kept connections back to the pool once no date runs, so that an idle daemon holds none."""
         spare, self._spare = self._spare, []
         for conn in spare:
-            with contextlib.suppress(*DB_ERRORS):
+            with contextlib.suppress(*DB_FAILURES):
                 await self.pool.release(conn)
 
     def _failure(self, c: Claimed, message: str, exc: BaseException | None) -> Outcome:
@@ -515,7 +519,7 @@ class Daemon:
                 sources, free = self._claimable_sources(finishing)
                 try:
                     changed, claimed = await self.store.finish(batch, max(free, 0), sources)
-                except DB_ERRORS as exc:
+                except DB_FAILURES as exc:
                     changed, claimed = None, []
                     error = exc
                 if changed is not None:
@@ -560,7 +564,7 @@ class Daemon:
         async with self._claim_lock:
             try:
                 changed, _ = await self.store.finish([outcome])
-            except DB_ERRORS as exc:
+            except DB_FAILURES as exc:
                 return exc
             self._settle([outcome], changed)
             return None
@@ -596,7 +600,7 @@ class Daemon:
             sent = [r.claimed for r in self.running.values()]
             try:
                 held = await self.store.heartbeat(sent)
-            except DB_ERRORS as exc:
+            except DB_FAILURES as exc:
                 failures += 1
                 if failures == 1:  # once per outage, not every beat
                     log.warning("heartbeat_failed", error=error_text(exc))
