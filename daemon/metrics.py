@@ -26,3 +26,9 @@ PRUNED = Counter("datesync_retention_pruned_total",
                  "Rows removed by retention in this process: batches pruned, and their task and event rows.", ["kind"])
 TABLE_BYTES = Gauge("datesync_table_bytes",
                     "Bytes on disk of each datesync table with its indexes (read at scrape time).", ["table"])
+HANDLERS_ABANDONED = Counter(
+    "datesync_handlers_abandoned_total",
+    "Handlers left running after their timeout or stop: a plain function blocked in its thread (kind=thread), or a "
+    "coroutine that ignored its cancellation (kind=task). Their dates were ended and their slots freed.", ["kind"])
+HANDLERS_STUCK = Gauge(
+    "datesync_handlers_stuck", "Abandoned handlers still running in this process.", ["kind"])

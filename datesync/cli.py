@@ -27,6 +27,7 @@ from daemon.ops.problems import OperationError
 from daemon.ops.validation import Limits, parse_date, validate_batch
 from daemon.runtime import database, prepare, variables
 from daemon.settings import Settings
+from daemon.sync import attempt
 from datesync import service
 from datesync.follow import UrlOption, follow_batch
 
@@ -91,8 +92,19 @@ def _event_loop_run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - Windows
-        return asyncio.run(coro)
-    return uvloop.run(coro)
+        return asyncio.run(_exiting(coro))
+    return uvloop.run(_exiting(coro))
+
+
+async def _exiting(coro: Coroutine[Any, Any, T]) -> T:
+    """The coroutine, then a bound on the loop's clean-up: a handler that could not be stopped would hold it."""
+    code = 2
+    try:
+        result = await coro
+        code = 0
+        return result
+    finally:
+        attempt.exit_regardless(code)
 
 
 async def _cancelled_on_signals(coro: Awaitable[T], caught: list[signal.Signals]) -> T:

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from daemon.db.connect import Conn
+from daemon.sync.clean import progress_note, progress_value
 
 ProgressWriter = Callable[[int, int, str | None], Awaitable[None]]
 
@@ -33,8 +34,12 @@ class SyncContext:
 
     async def progress(self, done: int, total: int, note: str | None = None) -> None:
         """Report progress within a long date; throttled to one event a second (the last one always lands)."""
+        # What the handler passes is cleaned here, at the boundary: the event's jsonb refuses NUL and lone
+        # surrogates, and JSON readers lose precision past 2**53.
+        clean_done, clean_total = progress_value(done), progress_value(total)
+        last = clean_done is not None and clean_total is not None and clean_done >= clean_total
         now = time.monotonic()
-        if self._write_progress is None or (now - self._last_progress < 1.0 and done < total):
+        if self._write_progress is None or (now - self._last_progress < 1.0 and not last):
             return
         self._last_progress = now
-        await self._write_progress(done, total, note)
+        await self._write_progress(clean_done or 0, clean_total or 0, progress_note(note))

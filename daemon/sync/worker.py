@@ -17,7 +17,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -25,12 +25,14 @@ import structlog
 from asyncpg.pool import PoolConnectionProxy
 
 from daemon import metrics
-from daemon.db.connect import DB_ERRORS
+from daemon.db.connect import DB_ERRORS as CONNECT_DB_ERRORS
 from daemon.listener import Listener
 from daemon.settings import Settings
+from daemon.sync.attempt import UNWIND_S, Ended, connection_gone, lost_connection, run_handler, terminate
+from daemon.sync.clean import error_text, row_count, traceback_text
 from daemon.sync.context import SyncContext
 from daemon.sync.handlers import Handler
-from daemon.sync.outcome import Kind, Outcome, error_text, retry_delay
+from daemon.sync.outcome import Kind, Outcome, fallbacks, retry_delay, retry_may_cure
 from daemon.sync.store import Claimed, Store
 
 log = structlog.get_logger("datesync.daemon")
@@ -40,16 +42,15 @@ BATCH_CHANNEL = "datesync_batch"
 # plans per connection, made from the statistics of their time, and a plan made while the queue was tiny walks whole
 # indexes once it is large. Autovacuum would catch up within a minute or so; this is at once.
 ANALYZE_AFTER_DAYS = 500
-# Errors that may mean the connection to our own database broke; ctx.db being closed confirms it.
-CONNECTION_LOST: tuple[type[BaseException], ...] = (
-    asyncpg.ConnectionDoesNotExistError, asyncpg.AdminShutdownError, asyncpg.CannotConnectNowError,
-    asyncpg.ConnectionFailureError, asyncpg.InterfaceError, ConnectionError,
-)
-
-
-class DatabaseLost(Exception):
-    """The handler's database connection (ctx.db) broke under it."""
-
+# Database failures to retry or report, never to die of. asyncpg's InternalClientError ("cannot switch to state
+# 11; another operation is in progress") comes from a pooled connection that a server shutdown cut mid-operation;
+# it once crashed the finisher, which stopped the daemon with its dates unwritten (issue 15's restart soak).
+DB_FAILURES: tuple[type[BaseException], ...] = (*CONNECT_DB_ERRORS, asyncpg.InternalClientError)
+# After the shutdown grace, how long stopping dates and writing their outcomes may take before the process goes
+# anyway (an unwritten date's lease then runs out and another daemon takes it): past UNWIND_S, with room for writes.
+AFTER_GRACE_S = UNWIND_S + 4.0
+# A date whose own connection broke under it this many times in a row (here) counts the next such attempt.
+MAX_LOST_HANDBACKS = 5
 
 
 def new_worker_id() -> str:
@@ -104,6 +105,8 @@ class Daemon:
         self._claim_lock = asyncio.Lock()
         self._work_waiting = False
         self._housekept_at = 0.0
+        self._lost_handbacks: dict[int, int] = {}  # task id -> connection-loss hand-backs in a row
+        self._cleanups: set[asyncio.Future[None]] = set()  # connection give-backs of ended dates
         self._spare: list[PoolConnectionProxy] = []  # handler connections kept between dates while busy
         self._idle = asyncio.Event()  # set whenever no date is running
         self._idle.set()
@@ -163,9 +166,19 @@ class Daemon:
             await asyncio.gather(main, *side, *extra, return_exceptions=True)
             for handler in self.handlers.values():
                 if handler.close is not None:
-                    with contextlib.suppress(Exception):
-                        await handler.close()
+                    await self._close_handler(handler.close)
             log.info("daemon_stopped", worker=self.worker)
+
+    @staticmethod
+    async def _close_handler(close: Callable[[], Awaitable[None]]) -> None:
+        """A handler's close hook, waited for at most UNWIND_S (not wait_for: it waits for a cancel to land)."""
+        task = asyncio.ensure_future(close())
+        done, _ = await asyncio.wait({task}, timeout=UNWIND_S)
+        if not done:
+            log.warning("handler_close_timed_out", waited_s=UNWIND_S)
+            task.cancel()
+        elif not task.cancelled() and task.exception() is not None:
+            log.warning("handler_close_failed", error=error_text(task.exception() or Exception()))
 
     # -- loop ---------------------------------------------------------------------------------------
 
@@ -195,7 +208,7 @@ class Daemon:
                 if failures:
                     log.info("daemon_database_recovered", after_failures=failures)
                 failures = 0
-            except DB_ERRORS as exc:
+            except DB_FAILURES as exc:
                 failures += 1
                 self._full_scan = True
                 if failures == 1:
@@ -234,7 +247,7 @@ class Daemon:
         """ANALYZE the task table beside the loop (it blocks no reads or writes, but may wait on autovacuum)."""
         try:
             await self.store.analyze_tasks()
-        except DB_ERRORS as exc:
+        except DB_FAILURES as exc:
             log.info("task_statistics_not_refreshed", error=error_text(exc))
         finally:
             self._analyzing = None
@@ -334,64 +347,117 @@ class Daemon:
     async def _run_one(self, c: Claimed) -> None:
         structlog.contextvars.bind_contextvars(batch_id=c.batch_id, day=c.day.isoformat(), attempt=c.attempt,
                                                source=c.source)
+        log.info("date_sync_started")
+        try:
+            outcome = await self._attempt(c)
+        except asyncio.CancelledError:
+            outcome = self._interrupted(c)  # re-raises when the cancel was not ours
+        except Exception as exc:
+            # Our own bookkeeping failed (the handler's errors never come here): a date without an outcome would
+            # hold its slot, its lease renewed, for good. Hand it back, uncounted a few times in a row.
+            log.error("date_sync_internal_error", error=error_text(exc), exception=traceback_text(exc))
+            if self._hand_back_lost(c):
+                outcome = Outcome(c.id, c.batch_id, Kind.RELEASED, c.attempt)
+            else:
+                outcome = self._failure(c, error_text(exc), exc)
+        await self._outcomes.put(outcome)
+
+    async def _attempt(self, c: Claimed) -> Outcome:
+        """Run the handler once; every way it can end becomes an outcome (a cancel not ours propagates)."""
         handler = self.handlers[c.source]
         started = time.monotonic()
-        log.info("date_sync_started")
-        outcome: Outcome
         try:
             conn = await self._take_connection()
-            clean = False
-            try:
-                ctx = SyncContext(
-                    day=c.day, db=conn, log=log.bind(), attempt=c.attempt, batch_id=c.batch_id, source=c.source,
-                    task_id=c.id, worker=self.worker,
-                    _write_progress=lambda done, total, note: self.store.write_progress(c, done, total, note),
-                )
+        except DB_FAILURES as exc:
+            # The date never started: our database is away. Not the date's fault; hand it back uncounted.
+            log.warning("date_sync_connection_lost", error=error_text(exc))
+            return Outcome(c.id, c.batch_id, Kind.RELEASED, c.attempt)
+        ctx = SyncContext(
+            day=c.day, db=conn, log=log.bind(), attempt=c.attempt, batch_id=c.batch_id, source=c.source,
+            task_id=c.id, worker=self.worker,
+            _write_progress=lambda done, total, note: self.store.write_progress(c, done, total, note),
+        )
+        ended = await run_handler(handler.sync, c.day, ctx, timeout=self.settings.task_timeout,
+                                  name=f"handler-{c.source}-{c.day}")
+        gone = connection_gone(conn)
+        # The connection goes back even if this date is cancelled meanwhile (a pool that never gets it back would
+        # hold the process at its close); drain waits for these.
+        cleanup = asyncio.ensure_future(self._after_handler(conn, handler.session_safe, ended, gone))
+        self._cleanups.add(cleanup)
+        cleanup.add_done_callback(self._cleanups.discard)
+        await asyncio.shield(cleanup)
+        if ended.interrupted:
+            return self._interrupted(c)
+        if ended.timed_out:
+            return self._failure(c, f"timed out after {self.settings.task_timeout:g} s", None)
+        if ended.error is not None:
+            if gone and lost_connection(ended.error) and self._hand_back_lost(c):
+                # Our database went away under the handler (a Neon suspend, a restart): not the date's fault,
+                # so the attempt is handed back rather than counted. The write waits until the database is back.
+                log.warning("date_sync_connection_lost", error=error_text(ended.error))
+                return Outcome(c.id, c.batch_id, Kind.RELEASED, c.attempt)
+            return self._failure(c, error_text(ended.error), ended.error)
+        try:
+            rows = row_count(ended.result)
+        except (TypeError, ValueError) as exc:
+            return self._failure(c, error_text(exc), None)
+        self._lost_handbacks.pop(c.id, None)
+        log.info("date_sync_succeeded", rows=rows, seconds=round(time.monotonic() - started, 3))
+        metrics.TASK_SECONDS.labels(c.source).observe(time.monotonic() - started)
+        return Outcome(c.id, c.batch_id, Kind.SUCCEEDED, c.attempt, rows=rows)
+
+    def _hand_back_lost(self, c: Claimed) -> bool:
+        """Whether to hand back a date whose connection broke under it, uncounted. A handler that closes ctx.db
+        itself would otherwise be handed back for ever: past MAX_LOST_HANDBACKS in a row, the attempt counts."""
+        if len(self._lost_handbacks) > 10_000:
+            self._lost_handbacks.clear()
+        times = self._lost_handbacks.get(c.id, 0) + 1
+        self._lost_handbacks[c.id] = times
+        return times <= MAX_LOST_HANDBACKS
+
+    def _interrupted(self, c: Claimed) -> Outcome:
+        """The outcome of a date we stopped (cancel, shutdown, lost lease); re-raise a cancel that was not ours."""
+        running = self.running.get(c.id)
+        task = asyncio.current_task()
+        if running is not None and running.task is not task:
+            stop_as: Kind | None = Kind.LOST  # our row was claimed again by us: this run is stale
+        else:
+            stop_as = running.stop_as if running is not None else None
+        if stop_as is None:
+            raise asyncio.CancelledError  # not ours: the process is going down hard
+        if task is not None and task.cancelling():
+            task.uncancel()
+        log.info("date_sync_interrupted", reason=stop_as.value)
+        error = "cancelled: its batch was cancelled" if stop_as is Kind.CANCELLED else None
+        return Outcome(c.id, c.batch_id, stop_as, c.attempt, error=error)
+
+    async def _after_handler(self, conn: PoolConnectionProxy, session_safe: bool, ended: Ended, gone: bool) -> None:
+        """Give the date's connection back (reset, or closed if its handler was abandoned)."""
+        try:
+            if ended.abandoned:
+                # The handler may still use it, in a transaction holding locks: close it so that its work rolls
+                # back.
+                terminate(conn)
+                await self.pool.release(conn)
+                return
+            clean = not gone and ended.error is None and not ended.timed_out and not ended.interrupted
+            # Through a transaction pooler a reset would run on whichever server connection the pooler picks, not
+            # the one a handler's SET went to: it costs a round trip and undoes nothing.
+            if not gone and not session_safe and not self.pooled:
                 try:
-                    async with asyncio.timeout(self.settings.task_timeout):
-                        result = await handler.sync(c.day, ctx)
-                except CONNECTION_LOST as exc:
-                    # Only a break of *our* connection is the database's fault; an upstream's is the date's.
-                    if conn.is_closed():
-                        raise DatabaseLost(error_text(exc)) from exc
-                    raise
-                finally:
-                    # Through a transaction pooler a reset would run on whichever server connection the pooler
-                    # picks, not the one a handler's SET went to: it costs a round trip and undoes nothing.
-                    if not handler.session_safe and not self.pooled and not conn.is_closed():
-                        await asyncio.shield(conn.reset())
-                clean = True
-            finally:
-                await self._give_back_connection(conn, keep=clean)
-            if result is not None and (not isinstance(result, int) or isinstance(result, bool)):
-                raise TypeError(f"the handler returned {type(result).__name__}; expected an int or None")
-            outcome = Outcome(c.id, c.batch_id, Kind.SUCCEEDED, c.attempt, rows=result)
-            log.info("date_sync_succeeded", rows=result, seconds=round(time.monotonic() - started, 3))
-            metrics.TASK_SECONDS.labels(c.source).observe(time.monotonic() - started)
-        except asyncio.CancelledError:
-            stop_as = self.running[c.id].stop_as if c.id in self.running else None
-            if stop_as is None:
-                raise  # not ours: the process is going down hard
-            error = "cancelled: its batch was cancelled" if stop_as is Kind.CANCELLED else None
-            outcome = Outcome(c.id, c.batch_id, stop_as, c.attempt, error=error)
-            log.info("date_sync_interrupted", reason=stop_as.value)
-        except TimeoutError as exc:
-            outcome = self._failure(c, f"timed out after {self.settings.task_timeout:g} s", exc)
-        except DatabaseLost as exc:
-            # Our database went away under the handler (a Neon suspend, a restart): not the date's fault, so
-            # the attempt is handed back rather than counted. The write waits until the database is back.
-            log.warning("date_sync_connection_lost", error=str(exc))
-            outcome = Outcome(c.id, c.batch_id, Kind.RELEASED, c.attempt)
-        except Exception as exc:
-            outcome = self._failure(c, error_text(exc), exc)
-        await self._outcomes.put(outcome)
+                    await conn.reset()
+                except DB_FAILURES:
+                    clean = False
+            await self._give_back_connection(conn, keep=clean)
+        except Exception as exc:  # never lose the date over its connection's clean-up
+            log.warning("date_connection_cleanup_failed", error=error_text(exc))
 
     # -- handler connections ------------------------------------------------------------------------
 
     async def _take_connection(self) -> PoolConnectionProxy:
         while self._spare:
             spare = self._spare.pop()
-            if not spare.is_closed():
+            if not connection_gone(spare):
                 return spare
             await self.pool.release(spare)
         conn: PoolConnectionProxy = await self.pool.acquire()
@@ -401,28 +467,31 @@ class Daemon:
         """Keep a date's connection for the next date while the daemon is busy: a pool acquire and release cost an
         event-loop task each (asyncpg shields the release), a fifth of the daemon's time at short dates. Only a
         connection left clean by a date that ended normally is kept; the rest go back through the pool's reset."""
-        if keep and not conn.is_closed() and not conn.is_in_transaction() and not self._stopping.is_set():
+        if keep and not connection_gone(conn) and not conn.is_in_transaction() and not self._stopping.is_set():
             self._spare.append(conn)
             return
-        await asyncio.shield(self.pool.release(conn))
+        with contextlib.suppress(*DB_FAILURES):
+            await asyncio.shield(self.pool.release(conn))
 
     async def _release_spare_connections(self) -> None:
         """Hand kept connections back to the pool once no date runs, so that an idle daemon holds none."""
         spare, self._spare = self._spare, []
         for conn in spare:
-            with contextlib.suppress(*DB_ERRORS):
+            with contextlib.suppress(*DB_FAILURES):
                 await self.pool.release(conn)
 
-    def _failure(self, c: Claimed, message: str, exc: BaseException) -> Outcome:
+    def _failure(self, c: Claimed, message: str, exc: BaseException | None) -> Outcome:
         metrics.ATTEMPTS_FAILED.labels(c.source).inc()
+        # The traceback goes through the same boundary as the message: it holds the handler's text too.
+        trace = {"exception": traceback_text(exc)} if exc is not None else {}
         if c.attempt < c.max_attempts:
             metrics.RETRIES.labels(c.source).inc()
             delay = retry_delay(self.settings.retry_delay, c.attempt)
             # One line per retried attempt; its traceback only at debug level. The final failure carries it.
             log.warning("date_sync_failed_will_retry", error=message, retry_in_s=round(delay, 2))
-            log.debug("date_sync_attempt_traceback", exc_info=exc)
+            log.debug("date_sync_attempt_traceback", **trace)
             return Outcome(c.id, c.batch_id, Kind.FAILED, c.attempt, error=message, retry_in=delay)
-        log.error("date_sync_failed", error=message, exc_info=exc)
+        log.error("date_sync_failed", error=message, **trace)
         return Outcome(c.id, c.batch_id, Kind.FAILED, c.attempt, error=message)
 
     def _stop_task(self, running: Running, kind: Kind) -> None:
@@ -446,8 +515,10 @@ class Daemon:
                     batch.append(self._outcomes.get_nowait())
             await self._write_outcomes(batch)
 
-    async def _write_outcomes(self, batch: list[Outcome]) -> None:
-        """Write outcomes and, in the same transaction, claim dates for the slots they free."""
+    async def _write_outcomes(self, batch: list[Outcome], deadline: float | None = None) -> None:
+        """Write outcomes and, in the same transaction, claim dates for the slots they free. A write that fails for
+        a reason retrying cannot cure is split per outcome (outcome.fallbacks); `deadline` (loop time) bounds the
+        retries at shutdown."""
         failures = 0
         finishing = frozenset(o.task_id for o in batch)
         while True:
@@ -455,20 +526,55 @@ class Daemon:
                 sources, free = self._claimable_sources(finishing)
                 try:
                     changed, claimed = await self.store.finish(batch, max(free, 0), sources)
-                except DB_ERRORS as exc:
+                except DB_FAILURES as exc:
                     changed, claimed = None, []
                     error = exc
                 if changed is not None:
                     self._settle(batch, changed)
                     self._take(claimed)
                     break
+            if not retry_may_cure(error):
+                await self._write_apart(batch, error, deadline)
+                break
             # Keep the outcomes until the database takes them; meanwhile the slots stay taken. If our lease
             # runs out first, the guarded update writes nothing and the takeover stands.
             failures += 1
             if failures == 1 and not isinstance(error, asyncpg.UniqueViolationError):
                 log.warning("finish_write_failed_retrying", error=error_text(error), outcomes=len(batch))
-            await asyncio.sleep(min(0.005 * 4**failures, 5.0))
+            pause = min(0.005 * 4**failures, 5.0)
+            if deadline is not None and asyncio.get_running_loop().time() + pause > deadline:
+                log.warning("finish_write_given_up", error=error_text(error), outcomes=len(batch))
+                break
+            await asyncio.sleep(pause)
         self.wake(full=False)
+
+    async def _write_apart(self, batch: list[Outcome], error: BaseException, deadline: float | None) -> None:
+        """The database refused the outcomes themselves (a text or a number it cannot store): write each alone,
+        then with its error replaced, then as a bare failed attempt. One that cannot be written even so gives up
+        its slot, so that its lease is no longer renewed and runs out: an outcome never holds a slot for good."""
+        log.error("finish_write_refused", error=error_text(error), outcomes=len(batch))
+        for i, outcome in enumerate(batch):
+            running = self.running.get(outcome.task_id)
+            for variant in fallbacks(outcome, error, running.claimed if running else None, self.settings):
+                refused = await self._write_one(variant)
+                if refused is None:
+                    break
+                if retry_may_cure(refused):  # the database went away meanwhile: back to the patient loop
+                    await self._write_outcomes([variant, *batch[i + 1:]], deadline)
+                    return
+            else:
+                log.error("task_outcome_unwritable", task_id=outcome.task_id, error=error_text(error))
+                self._settle([outcome], [])
+
+    async def _write_one(self, outcome: Outcome) -> BaseException | None:
+        """One outcome alone, once; None when written, else the error."""
+        async with self._claim_lock:
+            try:
+                changed, _ = await self.store.finish([outcome])
+            except DB_FAILURES as exc:
+                return exc
+            self._settle([outcome], changed)
+            return None
 
     def _settle(self, batch: list[Outcome], changed: list[asyncpg.Record]) -> None:
         """Free the slots of written outcomes; count them; log the batches they ended."""
@@ -501,7 +607,7 @@ class Daemon:
             sent = [r.claimed for r in self.running.values()]
             try:
                 held = await self.store.heartbeat(sent)
-            except DB_ERRORS as exc:
+            except DB_FAILURES as exc:
                 failures += 1
                 if failures == 1:  # once per outage, not every beat
                     log.warning("heartbeat_failed", error=error_text(exc))
@@ -530,23 +636,30 @@ class Daemon:
     # -- shutdown -----------------------------------------------------------------------------------
 
     async def _drain(self) -> None:
-        """Give running dates the grace period, then hand the rest back and write every outcome."""
+        """Give running dates the grace period, then hand the rest back and write every outcome. Whatever the
+        handlers do, this ends within AFTER_GRACE_S of the grace: each stopped date returns within UNWIND_S
+        (attempt.py), and writes that the database does not take by then are left to the leases."""
+        loop = asyncio.get_running_loop()
         tasks = [r.task for r in self.running.values()]
+        pending: set[asyncio.Task[None]] = set()
         if tasks:
             _done, pending = await asyncio.wait(tasks, timeout=self.grace)
             for running in list(self.running.values()):
                 if running.task in pending:
                     self._stop_task(running, Kind.RELEASED)
-            if pending:
-                await asyncio.wait(pending, timeout=5)
+        deadline = loop.time() + AFTER_GRACE_S
+        if pending:
+            await asyncio.wait(pending, timeout=max(deadline - loop.time(), 0.0))
         # Let the finisher write what is queued; then write anything left ourselves.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), 5)
+            await asyncio.wait_for(self._idle.wait(), max(deadline - loop.time(), 0.0))
         leftovers: list[Outcome] = []
         while not self._outcomes.empty():
             leftovers.append(self._outcomes.get_nowait())
         if leftovers:
-            await self._write_outcomes(leftovers)
+            await self._write_outcomes(leftovers, deadline)
         if self.running:
             log.warning("daemon_stopped_with_unwritten_tasks", tasks=sorted(self.running))
+        if self._cleanups:
+            await asyncio.wait(set(self._cleanups), timeout=max(deadline - loop.time(), 0.5))
         await self._release_spare_connections()

@@ -78,9 +78,16 @@ class DedicatedServer:
     async def stop(self) -> None:
         await asyncio.to_thread(self.server.stop)
 
-    async def restart(self, down_for: float) -> None:
-        """Stop (fast shutdown: every connection is cut), stay down `down_for` seconds, start again."""
-        await self.stop()
+    async def stop_now(self, mode: str = "fast") -> None:
+        """`pg_ctl stop -m fast` (every connection cut, a clean shutdown) or `-m immediate` (a crash: no
+        shutdown checkpoint, recovery at the next start)."""
+        if mode != "fast":
+            await asyncio.to_thread(self.server._pg_ctl, "stop", "-w", "-t", "30", "-m", mode)
+        await self.stop()  # (after an immediate stop: only lets the folder go)
+
+    async def restart(self, down_for: float, mode: str = "fast") -> None:
+        """Stop (fast shutdown by default: every connection is cut), stay down `down_for` seconds, start again."""
+        await self.stop_now(mode)
         await asyncio.sleep(down_for)
         await self.start()
         self.restarts += 1

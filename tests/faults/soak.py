@@ -20,7 +20,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 
-from tests.faults import abuse, scenarios
+from tests.faults import abuse, edge_scenarios, scenarios
 from tests.faults.common import SOAK, Figures, Scale
 from tests.faults.dbs import DedicatedServer, dedicated_server, fresh_database
 
@@ -29,6 +29,7 @@ ServerScenario = Callable[[DedicatedServer, int, Scale], Awaitable[Figures]]
 
 DB_SCENARIOS: dict[str, DbScenario] = {
     **scenarios.PROCESS_SCENARIOS,
+    "handler_edges": edge_scenarios.handler_edges,
     "hostile_http": abuse.hostile_http,
     "hostile_sql": abuse.hostile_sql,
     "forged_sql": abuse.forged_sql,
@@ -38,6 +39,7 @@ DB_SCENARIOS: dict[str, DbScenario] = {
 }
 SERVER_SCENARIOS: dict[str, ServerScenario] = {
     **scenarios.SERVER_SCENARIOS,
+    "restart_under_running_dates": edge_scenarios.restart_under_running_dates,
     "web_database_down": abuse.web_database_down,
 }
 KNOWN_BUGS = {"stalled_heartbeat", "lone_daemon_leases", "forged_sql", "cancel_mid_batch", "takeover_latency",
@@ -45,9 +47,10 @@ KNOWN_BUGS = {"stalled_heartbeat", "lone_daemon_leases", "forged_sql", "cancel_m
 CATEGORIES = {  # the table's rows
     "process": ("random_kills", "kill_during_finish", "sigterm_mid_batch", "overlapping_daemons", "skewed_clock",
                 "paused_daemon", "cancel_mid_batch", "takeover_latency", "lone_daemon_leases", "stalled_heartbeat"),
-    "database": ("database_restart", "outage_longer_than_lease", "backends_terminated", "listener_terminated",
+    "database": ("database_restart", "restart_under_running_dates", "outage_longer_than_lease",
+                 "backends_terminated", "listener_terminated",
                  "startup_waits_for_database", "startup_gives_up"),
-    "handler": ("handler_faults",),
+    "handler": ("handler_faults", "handler_edges"),
     "hostile input": ("hostile_http", "hostile_sql", "forged_sql"),
     "load": ("load", "idempotent_retry"),
     "security": ("security", "web_database_down"),

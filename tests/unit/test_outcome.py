@@ -17,4 +17,5 @@ def test_failure_with_attempts_left_is_a_retry() -> None:
 def test_error_text_is_one_bounded_line() -> None:
     assert error_text(ValueError("bad")) == "ValueError: bad"
     assert error_text(RuntimeError()) == "RuntimeError: RuntimeError()"
-    assert len(error_text(ValueError("x" * 5000))) == 2000
+    long = error_text(ValueError("x" * 5000))
+    assert len(long.encode()) <= 4096 and long.endswith("characters cut]")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import datetime
@@ -18,6 +17,7 @@ import asyncpg
 
 from daemon.errors import DatesyncError, HandlerError
 from daemon.sources import DEFAULT, SourceEnv
+from daemon.sync import threads
 from daemon.sync.context import SyncContext
 
 HandlerFunc = Callable[[datetime.date, SyncContext], Awaitable[int | None]]
@@ -129,9 +129,10 @@ def _as_async(func: Callable[..., Any]) -> HandlerFunc:
         return func
 
     @functools.wraps(func)
-    async def run_in_thread(day: datetime.date, ctx: SyncContext) -> int | None:
-        # A plain function must not block the event loop that runs every other date.
-        result: int | None = await asyncio.to_thread(func, day, ctx)
+    async def in_thread(day: datetime.date, ctx: SyncContext) -> int | None:
+        # A plain function must not block the event loop that runs every other date; and one that never returns
+        # must not keep the process alive (threads.py says why these are not asyncio.to_thread's).
+        result: int | None = await threads.run_in_thread(func, day, ctx)
         return result
 
-    return run_in_thread
+    return in_thread
