@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from daemon.db.connect import Conn
+from datesync.daemon.db.connect import Conn
 
 ProgressWriter = Callable[[int, int, str | None], Awaitable[None]]
 

@@ -6,7 +6,7 @@ import dataclasses
 import enum
 import random
 
-from daemon.logs import scrub_text
+from datesync.daemon.logs import scrub_text
 
 
 class Kind(enum.StrEnum):

@@ -24,14 +24,14 @@ import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
-from daemon import metrics
-from daemon.db.connect import DB_ERRORS
-from daemon.listener import Listener
-from daemon.settings import Settings
-from daemon.sync.context import SyncContext
-from daemon.sync.handlers import Handler
-from daemon.sync.outcome import Kind, Outcome, error_text, retry_delay
-from daemon.sync.store import Claimed, Store
+from datesync.daemon import metrics
+from datesync.daemon.db.connect import DB_ERRORS
+from datesync.daemon.listener import Listener
+from datesync.daemon.settings import Settings
+from datesync.daemon.sync.context import SyncContext
+from datesync.daemon.sync.handlers import Handler
+from datesync.daemon.sync.outcome import Kind, Outcome, error_text, retry_delay
+from datesync.daemon.sync.store import Claimed, Store
 
 log = structlog.get_logger("datesync.daemon")
 
