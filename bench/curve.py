@@ -13,8 +13,8 @@ import asyncio
 import json
 from pathlib import Path
 
-from daemon.settings import Settings
 from datesync.bench import drain_curve
+from datesync.daemon.settings import Settings
 
 HERE = Path(__file__).resolve().parent
 LEVELS = [1, 2, 5, 10, 20, 50]

@@ -21,12 +21,12 @@ import statistics
 import time
 from urllib.parse import urlsplit, urlunsplit
 
-from daemon.db import dsn as dsns
-from daemon.db.connect import create_pool
-from daemon.db.queries import q
-from daemon.runtime import database
-from daemon.settings import Settings
 from datesync import bench
+from datesync.daemon.db import dsn as dsns
+from datesync.daemon.db.connect import create_pool
+from datesync.daemon.db.queries import q
+from datesync.daemon.runtime import database
+from datesync.daemon.settings import Settings
 
 
 async def statements(scratch: bench.Scratch, n: int) -> dict[str, dict[str, float]]:

@@ -44,11 +44,11 @@ def _serve(dsn: str, port: int) -> None:
     """The web app alone, as `datesync web` runs it (in a child process)."""
     import uvicorn
 
-    from daemon.db.connect import create_pool
-    from daemon.logs import configure
-    from daemon.settings import Settings
-    from web.app import create_app
-    from web.state import AppState
+    from datesync.daemon.db.connect import create_pool
+    from datesync.daemon.logs import configure
+    from datesync.daemon.settings import Settings
+    from datesync.web.app import create_app
+    from datesync.web.state import AppState
 
     configure("console", level=logging.WARNING)
     settings = Settings(database_url=dsn, port=port)
@@ -65,10 +65,10 @@ def _serve(dsn: str, port: int) -> None:
 @contextlib.contextmanager
 def own_server() -> Iterator[str]:
     """An embedded PostgreSQL, migrated, and the web app in a child process; yields its base URL."""
-    from daemon.db.connect import connect
-    from daemon.embedded import EmbeddedPostgres
-    from daemon.runtime import migrate_and_register
-    from daemon.settings import Settings
+    from datesync.daemon.db.connect import connect
+    from datesync.daemon.embedded import EmbeddedPostgres
+    from datesync.daemon.runtime import migrate_and_register
+    from datesync.daemon.settings import Settings
 
     folder = Path(tempfile.mkdtemp(prefix="dsbench-"))
     server = EmbeddedPostgres(folder)

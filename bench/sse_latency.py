@@ -36,9 +36,9 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from daemon.embedded import EmbeddedPostgres  # noqa: E402
-from daemon.runtime import migrate_and_register  # noqa: E402
-from daemon.settings import Settings  # noqa: E402
+from datesync.daemon.embedded import EmbeddedPostgres  # noqa: E402
+from datesync.daemon.runtime import migrate_and_register  # noqa: E402
+from datesync.daemon.settings import Settings  # noqa: E402
 
 PROBES = 10
 REQUEST = b"GET /api/v1/sync-status/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"

@@ -23,7 +23,7 @@ from typing import IO
 import psutil
 import structlog
 
-from daemon.errors import EmbeddedDatabaseError
+from datesync.daemon.errors import EmbeddedDatabaseError
 
 log = structlog.get_logger("datesync.embedded")
 

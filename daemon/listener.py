@@ -13,11 +13,11 @@ from collections.abc import Awaitable, Callable, Sequence
 import asyncpg
 import structlog
 
-from daemon import metrics
-from daemon.backoff import Backoff
-from daemon.db import dsn as dsns
-from daemon.db.connect import DB_ERRORS, connect
-from daemon.errors import SettingsError
+from datesync.daemon import metrics
+from datesync.daemon.backoff import Backoff
+from datesync.daemon.db import dsn as dsns
+from datesync.daemon.db.connect import DB_ERRORS, connect
+from datesync.daemon.errors import SettingsError
 
 log = structlog.get_logger("datesync.listener")
 

@@ -20,10 +20,10 @@ from collections.abc import Callable
 import asyncpg
 import structlog
 
-from daemon import metrics
-from daemon.db.connect import DB_ERRORS
-from daemon.db.queries import q
-from daemon.sync.outcome import error_text
+from datesync.daemon import metrics
+from datesync.daemon.db.connect import DB_ERRORS
+from datesync.daemon.db.queries import q
+from datesync.daemon.sync.outcome import error_text
 
 log = structlog.get_logger("datesync.retention")
 

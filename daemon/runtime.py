@@ -12,13 +12,13 @@ from urllib.parse import urlsplit
 import asyncpg
 import structlog
 
-from daemon.db import dsn as dsns
-from daemon.db.connect import wait_until_reachable
-from daemon.db.migrate import migrate
-from daemon.db.queries import q
-from daemon.embedded import EmbeddedPostgres
-from daemon.errors import SettingsError
-from daemon.settings import Settings
+from datesync.daemon.db import dsn as dsns
+from datesync.daemon.db.connect import wait_until_reachable
+from datesync.daemon.db.migrate import migrate
+from datesync.daemon.db.queries import q
+from datesync.daemon.embedded import EmbeddedPostgres
+from datesync.daemon.errors import SettingsError
+from datesync.daemon.settings import Settings
 
 log = structlog.get_logger("datesync.runtime")
 

@@ -15,9 +15,9 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from daemon.db.dsn import redact
-from daemon.errors import SettingsError
-from daemon.sources import SourceSpec, configured, parse_sources
+from datesync.daemon.db.dsn import redact
+from datesync.daemon.errors import SettingsError
+from datesync.daemon.sources import SourceSpec, configured, parse_sources
 
 T = TypeVar("T")
 

@@ -5,7 +5,7 @@ The public handler API::
     async def sync(day: datetime.date, ctx: datesync.SyncContext) -> int | None: ...
 """
 
-from daemon.sync.context import SyncContext
+from datesync.daemon.sync.context import SyncContext
 
 __version__ = "0.1.0"
 __all__ = ["SyncContext", "__version__"]

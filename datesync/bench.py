@@ -27,12 +27,12 @@ import asyncpg
 import httpx
 import psutil
 
-from daemon.db.dsn import clean, redact, with_database
-from daemon.db.queries import q
-from daemon.embedded import bin_dir
-from daemon.runtime import Database, database, migrate_and_register
-from daemon.settings import Settings
-from daemon.sync.context import SyncContext
+from datesync.daemon.db.dsn import clean, redact, with_database
+from datesync.daemon.db.queries import q
+from datesync.daemon.embedded import bin_dir
+from datesync.daemon.runtime import Database, database, migrate_and_register
+from datesync.daemon.settings import Settings
+from datesync.daemon.sync.context import SyncContext
 
 ROOT = Path(__file__).resolve().parent.parent
 YESTERDAY = datetime.date.today() - datetime.timedelta(days=2)  # "before today" in every time zone

@@ -18,17 +18,17 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from daemon import logs
-from daemon.db.connect import wait_until_reachable
-from daemon.errors import DatesyncError
-from daemon.ops import batches, ledger
-from daemon.ops.messages import Lang, preferred
-from daemon.ops.problems import OperationError
-from daemon.ops.validation import Limits, parse_date, validate_batch
-from daemon.runtime import database, prepare, variables
-from daemon.settings import Settings
-from daemon.sync import attempt
 from datesync import service
+from datesync.daemon import logs
+from datesync.daemon.db.connect import wait_until_reachable
+from datesync.daemon.errors import DatesyncError
+from datesync.daemon.ops import batches, ledger
+from datesync.daemon.ops.messages import Lang, preferred
+from datesync.daemon.ops.problems import OperationError
+from datesync.daemon.ops.validation import Limits, parse_date, validate_batch
+from datesync.daemon.runtime import database, prepare, variables
+from datesync.daemon.settings import Settings
+from datesync.daemon.sync import attempt
 from datesync.follow import UrlOption, follow_batch
 
 T = TypeVar("T")
@@ -379,7 +379,7 @@ def psql(ctx: typer.Context) -> None:
     """Open psql on datesync's database (the embedded one's own psql when no DATABASE_URL is set). Further
     arguments go to psql as they are: `datesync psql -c 'select 1'`."""
     settings = _settings_or_exit()
-    from daemon.embedded import EmbeddedPostgres, bin_dir
+    from datesync.daemon.embedded import EmbeddedPostgres, bin_dir
 
     if settings.database_url:
         os.execvp("psql", ["psql", settings.database_url, *ctx.args])

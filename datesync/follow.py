@@ -30,12 +30,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
-from daemon.db.connect import DB_ERRORS, wait_until_reachable
-from daemon.db.queries import q
-from daemon.errors import DatesyncError
-from daemon.runtime import database, variables
-from daemon.settings import Settings
-from daemon.states import FINAL_TASK
+from datesync.daemon.db.connect import DB_ERRORS, wait_until_reachable
+from datesync.daemon.db.queries import q
+from datesync.daemon.errors import DatesyncError
+from datesync.daemon.runtime import database, variables
+from datesync.daemon.settings import Settings
+from datesync.daemon.states import FINAL_TASK
 
 API_PREFIX = "/api/v1/sync-status"
 EVENT_CHANNEL = "datesync_event"

@@ -10,8 +10,8 @@ from __future__ import annotations
 import errno
 import socket
 
-from daemon.errors import SettingsError
-from daemon.settings import Settings
+from datesync.daemon.errors import SettingsError
+from datesync.daemon.settings import Settings
 
 
 def bind(settings: Settings) -> socket.socket:

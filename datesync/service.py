@@ -12,11 +12,12 @@ from typing import Any
 import structlog
 import uvicorn
 
-from daemon.db.connect import create_pool
-from daemon.errors import DatesyncError
-from daemon.keepawake import KeepAwake
-from daemon.retention import Retention
-from daemon.runtime import (
+from datesync import listen
+from datesync.daemon.db.connect import create_pool
+from datesync.daemon.errors import DatesyncError
+from datesync.daemon.keepawake import KeepAwake
+from datesync.daemon.retention import Retention
+from datesync.daemon.runtime import (
     Database,
     check_endpoints,
     check_queries_endpoint,
@@ -24,14 +25,13 @@ from daemon.runtime import (
     prepare,
     refuse_pooled_direct,
 )
-from daemon.settings import Settings
-from daemon.sync import handlers
-from daemon.sync.schedule import Schedule
-from daemon.sync.worker import Daemon, new_worker_id
-from datesync import listen
-from web.app import create_app
-from web.serving import uvicorn_config
-from web.state import AppState
+from datesync.daemon.settings import Settings
+from datesync.daemon.sync import handlers
+from datesync.daemon.sync.schedule import Schedule
+from datesync.daemon.sync.worker import Daemon, new_worker_id
+from datesync.web.app import create_app
+from datesync.web.serving import uvicorn_config
+from datesync.web.state import AppState
 
 log = structlog.get_logger("datesync.service")
 

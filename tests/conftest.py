@@ -12,11 +12,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from daemon.db.connect import connect
-from daemon.db.dsn import with_database
-from daemon.embedded import EmbeddedPostgres
-from daemon.runtime import migrate_and_register
-from daemon.settings import Settings
+from datesync.daemon.db.connect import connect
+from datesync.daemon.db.dsn import with_database
+from datesync.daemon.embedded import EmbeddedPostgres
+from datesync.daemon.runtime import migrate_and_register
+from datesync.daemon.settings import Settings
 from tests.support.pgbouncer import PgBouncer, pgbouncer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,10 +9,10 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Mount, Route
 
-from web import api, events, gaps, health, metrics, page
-from web.access import AccessLog
-from web.hosts import HostGuard
-from web.state import AppState
+from datesync.web import api, events, gaps, health, metrics, page
+from datesync.web.access import AccessLog
+from datesync.web.hosts import HostGuard
+from datesync.web.state import AppState
 
 API_PREFIX = "/api/v1/sync-status"
 

@@ -7,12 +7,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from daemon.ops import ledger
-from daemon.sources import DEFAULT
-from web.api.envelope import success
-from web.api.params import Query
-from web.api.submit import limits
-from web.state import AppState
+from datesync.daemon.ops import ledger
+from datesync.daemon.sources import DEFAULT
+from datesync.web.api.envelope import success
+from datesync.web.api.params import Query
+from datesync.web.api.submit import limits
+from datesync.web.state import AppState
 
 
 async def gaps(request: Request) -> Response:

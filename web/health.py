@@ -7,9 +7,9 @@ import asyncio
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from daemon.db.connect import DB_ERRORS
-from daemon.db.migrate import is_current
-from web.state import AppState
+from datesync.daemon.db.connect import DB_ERRORS
+from datesync.daemon.db.migrate import is_current
+from datesync.web.state import AppState
 
 
 async def healthz(request: Request) -> JSONResponse:

@@ -14,9 +14,9 @@ from collections.abc import Iterable
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from daemon.ops.messages import preferred
-from daemon.ops.problems import OperationError, problem, shown
-from web.api.envelope import failure
+from datesync.daemon.ops.messages import preferred
+from datesync.daemon.ops.problems import OperationError, problem, shown
+from datesync.web.api.envelope import failure
 
 # A Host header: a name or IPv4 address, or an IPv6 address in brackets, then an optional port.
 _HOST_HEADER = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9_.-]+)(?::(\d{1,5}))?")

@@ -26,12 +26,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from daemon import metrics
-from daemon.db.connect import DB_ERRORS
-from daemon.db.queries import q
-from daemon.states import UNFINISHED_BATCH
-from web.events import hub_for
-from web.state import AppState
+from datesync.daemon import metrics
+from datesync.daemon.db.connect import DB_ERRORS
+from datesync.daemon.db.queries import q
+from datesync.daemon.states import UNFINISHED_BATCH
+from datesync.web.events import hub_for
+from datesync.web.state import AppState
 
 log = structlog.get_logger("datesync.web.metrics")
 

@@ -18,7 +18,7 @@ import structlog
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from daemon.settings import WILDCARD_BINDS, Settings
+from datesync.daemon.settings import WILDCARD_BINDS, Settings
 
 log = structlog.get_logger("datesync.web")
 

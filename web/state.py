@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import asyncpg
 
-from daemon.settings import Settings
+from datesync.daemon.settings import Settings
 
 
 @dataclasses.dataclass

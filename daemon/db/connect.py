@@ -11,10 +11,10 @@ import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
-from daemon.backoff import Backoff
-from daemon.db import dates, refusals
-from daemon.db import dsn as dsns
-from daemon.errors import DatabaseRefused, DatabaseUnavailable
+from datesync.daemon.backoff import Backoff
+from datesync.daemon.db import dates, refusals
+from datesync.daemon.db import dsn as dsns
+from datesync.daemon.errors import DatabaseRefused, DatabaseUnavailable
 
 log = structlog.get_logger("datesync.db")
 

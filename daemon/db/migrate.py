@@ -18,9 +18,9 @@ from importlib.abc import Traversable
 import asyncpg
 import structlog
 
-from daemon.db.connect import Conn
-from daemon.db.queries import q
-from daemon.errors import MigrationError
+from datesync.daemon.db.connect import Conn
+from datesync.daemon.db.queries import q
+from datesync.daemon.errors import MigrationError
 
 log = structlog.get_logger("datesync.migrate")
 
@@ -61,7 +61,7 @@ def _checksum(sql: str) -> str:
 
 def _files(folder: str, pattern: re.Pattern[str]) -> list[tuple[re.Match[str], Traversable]]:
     found = []
-    for entry in (resources.files("daemon.db") / folder).iterdir():
+    for entry in (resources.files("datesync.daemon.db") / folder).iterdir():
         match = pattern.fullmatch(entry.name)
         if match:
             found.append((match, entry))

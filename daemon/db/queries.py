@@ -31,7 +31,7 @@ def parse(text: str) -> dict[str, str]:
 @cache
 def all_queries() -> dict[str, str]:
     found: dict[str, str] = {}
-    for entry in sorted((resources.files("daemon.db") / "sql").iterdir(), key=lambda e: e.name):
+    for entry in sorted((resources.files("datesync.daemon.db") / "sql").iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".sql"):
             for name, sql in parse(entry.read_text(encoding="utf-8")).items():
                 if name in found:

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
-from daemon.db import dsn as dsns
+from datesync.daemon.db import dsn as dsns
 
 
 def label(variable: str | None, dsn: str) -> str:

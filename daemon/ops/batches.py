@@ -12,12 +12,12 @@ from typing import Any
 
 import asyncpg
 
-from daemon.db.connect import Conn
-from daemon.db.queries import q
-from daemon.ops import present
-from daemon.ops.problems import Msg, OperationError, problem, shown
-from daemon.ops.validation import ALLOWED_FIELDS, BatchRequest
-from daemon.states import UNFINISHED_BATCH
+from datesync.daemon.db.connect import Conn
+from datesync.daemon.db.queries import q
+from datesync.daemon.ops import present
+from datesync.daemon.ops.problems import Msg, OperationError, problem, shown
+from datesync.daemon.ops.validation import ALLOWED_FIELDS, BatchRequest
+from datesync.daemon.states import UNFINISHED_BATCH
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -8,13 +8,13 @@ from typing import Any
 
 import asyncpg
 
-from daemon.db.connect import Conn
-from daemon.db.queries import q
-from daemon.ops import present
-from daemon.ops.batches import require_source
-from daemon.ops.problems import OperationError, problem
-from daemon.ops.validation import Limits, check_source, span_problems
-from daemon.states import UNFINISHED_BATCH
+from datesync.daemon.db.connect import Conn
+from datesync.daemon.db.queries import q
+from datesync.daemon.ops import present
+from datesync.daemon.ops.batches import require_source
+from datesync.daemon.ops.problems import OperationError, problem
+from datesync.daemon.ops.validation import Limits, check_source, span_problems
+from datesync.daemon.states import UNFINISHED_BATCH
 
 DEFAULT_GAP_DAYS = 30  # the range when `from` is not given: the 30 days up to `to`
 

@@ -9,7 +9,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from daemon.ops.messages import Lang, text
+from datesync.daemon.ops.messages import Lang, text
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

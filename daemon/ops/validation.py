@@ -10,7 +10,7 @@ import json
 import re
 from typing import Any
 
-from daemon.ops.problems import FieldError, Msg, OperationError, problem, shown
+from datesync.daemon.ops.problems import FieldError, Msg, OperationError, problem, shown
 
 ALLOWED_FIELDS = ("start_date", "end_date", "force", "source", "dry_run")
 # Exactly YYYY-MM-DD in ASCII digits (`\d` would also take other scripts' digits).

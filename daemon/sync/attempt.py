@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from daemon import metrics
+from datesync.daemon import metrics
 
 log = structlog.get_logger("datesync.daemon")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import traceback
 
-from daemon.logs import scrub_text
+from datesync.daemon.logs import scrub_text
 
 TEXT_LIMIT = 4096  # UTF-8 bytes of a stored error, with the marker
 NOTE_LIMIT = 1024  # a progress note

@@ -8,8 +8,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from daemon.db.connect import Conn
-from daemon.sync.clean import progress_note, progress_value
+from datesync.daemon.db.connect import Conn
+from datesync.daemon.sync.clean import progress_note, progress_value
 
 ProgressWriter = Callable[[int, int, str | None], Awaitable[None]]
 

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 # The text boundary lives in clean.py; error_text stays importable from here for older callers.
-from daemon.sync.clean import clean_text
-from daemon.sync.clean import error_text as error_text
+from datesync.daemon.sync.clean import clean_text
+from datesync.daemon.sync.clean import error_text as error_text
 
 if TYPE_CHECKING:
-    from daemon.settings import Settings
-    from daemon.sync.store import Claimed
+    from datesync.daemon.settings import Settings
+    from datesync.daemon.sync.store import Claimed
 
 
 class Kind(enum.StrEnum):

@@ -18,10 +18,10 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import structlog
 
-from daemon.backoff import Backoff
-from daemon.db.connect import DB_ERRORS
-from daemon.db.queries import q
-from daemon.sync.outcome import error_text
+from datesync.daemon.backoff import Backoff
+from datesync.daemon.db.connect import DB_ERRORS
+from datesync.daemon.db.queries import q
+from datesync.daemon.sync.outcome import error_text
 
 log = structlog.get_logger("datesync.schedule")
 # Waits after failed looks at the database; the next slot's own wait stays the limit.

@@ -9,9 +9,9 @@ from collections.abc import Iterable, Sequence
 import asyncpg
 import structlog
 
-from daemon.db.connect import Conn
-from daemon.db.queries import q
-from daemon.sync.outcome import Kind, Outcome
+from datesync.daemon.db.connect import Conn
+from datesync.daemon.db.queries import q
+from datesync.daemon.sync.outcome import Kind, Outcome
 
 log = structlog.get_logger("datesync.daemon")
 

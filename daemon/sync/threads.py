@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from daemon import metrics
+from datesync.daemon import metrics
 
 STUCK_LIMIT = 64
 

@@ -24,16 +24,16 @@ import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
-from daemon import metrics
-from daemon.db.connect import DB_ERRORS as CONNECT_DB_ERRORS
-from daemon.listener import Listener
-from daemon.settings import Settings
-from daemon.sync.attempt import UNWIND_S, Ended, connection_gone, lost_connection, run_handler, terminate
-from daemon.sync.clean import error_text, row_count, traceback_text
-from daemon.sync.context import SyncContext
-from daemon.sync.handlers import Handler
-from daemon.sync.outcome import Kind, Outcome, fallbacks, retry_delay, retry_may_cure
-from daemon.sync.store import Claimed, Store
+from datesync.daemon import metrics
+from datesync.daemon.db.connect import DB_ERRORS as CONNECT_DB_ERRORS
+from datesync.daemon.listener import Listener
+from datesync.daemon.settings import Settings
+from datesync.daemon.sync.attempt import UNWIND_S, Ended, connection_gone, lost_connection, run_handler, terminate
+from datesync.daemon.sync.clean import error_text, row_count, traceback_text
+from datesync.daemon.sync.context import SyncContext
+from datesync.daemon.sync.handlers import Handler
+from datesync.daemon.sync.outcome import Kind, Outcome, fallbacks, retry_delay, retry_may_cure
+from datesync.daemon.sync.store import Claimed, Store
 
 log = structlog.get_logger("datesync.daemon")
 

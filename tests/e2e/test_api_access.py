@@ -6,7 +6,7 @@ import asyncpg
 import httpx
 import pytest
 
-from daemon.settings import Settings
+from datesync.daemon.settings import Settings
 from tests.support.server import live_server
 
 GOOD = {"start_date": "2025-10-01", "end_date": "2025-10-03"}

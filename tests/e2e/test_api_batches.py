@@ -12,7 +12,7 @@ import asyncpg
 import httpx
 import pytest
 
-from daemon.settings import Settings
+from datesync.daemon.settings import Settings
 from tests.support.server import live_server
 
 T = TypeVar("T")

@@ -17,8 +17,8 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from starlette.routing import Mount, Route
 
+from datesync.web.app import create_app
 from tests.support.server import live_server
-from web.app import create_app
 
 EXAMPLES = 60  # per operation and mode: about 10 s for the whole API on this 2-core machine
 BUDGET_S = 45.0

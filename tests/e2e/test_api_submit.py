@@ -18,10 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon.db.connect import connect
-from daemon.db.dsn import with_database
-from daemon.ops.validation import MIN_DATE
-from daemon.settings import Settings
+from datesync.daemon.db.connect import connect
+from datesync.daemon.db.dsn import with_database
+from datesync.daemon.ops.validation import MIN_DATE
+from datesync.daemon.settings import Settings
 from tests.support.server import Live, live_server
 
 # UTC-12: "today" there is often yesterday in UTC, so the zone visibly decides what is in the future.

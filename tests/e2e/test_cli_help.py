@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.embedded import bin_dir
+from datesync.daemon.embedded import bin_dir
 
 DATESYNC = str(Path(sys.executable).with_name("datesync"))
 COMMANDS = ["run", "daemon", "web", "migrate", "batch", "watch", "status", "gaps", "retry", "cancel", "bench", "psql"]

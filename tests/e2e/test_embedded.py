@@ -16,8 +16,8 @@ import httpx
 import psutil
 import pytest
 
-from daemon.embedded import EmbeddedPostgres
-from daemon.errors import EmbeddedDatabaseError
+from datesync.daemon.embedded import EmbeddedPostgres
+from datesync.daemon.errors import EmbeddedDatabaseError
 from tests.support.server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

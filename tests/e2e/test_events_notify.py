@@ -7,8 +7,8 @@ import asyncio
 
 import asyncpg
 
-from daemon.db.connect import connect
-from daemon.db.queries import q
+from datesync.daemon.db.connect import connect
+from datesync.daemon.db.queries import q
 from tests.support.server import live_server
 from tests.support.waiting import wait_for
 

@@ -16,12 +16,12 @@ import asyncpg
 import httpx
 import pytest
 
-import web.events
-from daemon.db.connect import connect
-from daemon.settings import Settings
+import datesync.web.events
+from datesync.daemon.db.connect import connect
+from datesync.daemon.settings import Settings
+from datesync.web.events import HubConfig, hub_for
 from tests.support.server import live_server
 from tests.support.waiting import wait_for
-from web.events import HubConfig, hub_for
 
 FAST = Settings(retry_delay=0.05, poll_interval=60, max_attempts=2, concurrency=2)
 
@@ -113,7 +113,8 @@ def demo_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def hub_config(monkeypatch: pytest.MonkeyPatch) -> Any:
     def use(**changes: Any) -> None:
-        monkeypatch.setattr(web.events, "CONFIG", dataclasses.replace(HubConfig(safety_interval=60), **changes))
+        config = dataclasses.replace(HubConfig(safety_interval=60), **changes)
+        monkeypatch.setattr(datesync.web.events, "CONFIG", config)
     return use
 
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from daemon.db.dsn import with_database
-from daemon.settings import Settings
+from datesync.daemon.db.dsn import with_database
+from datesync.daemon.settings import Settings
+from datesync.web.events import hub_for
 from tests.support.daemons import running_daemon
 from tests.support.server import free_port, live_server
 from tests.support.waiting import wait_for
-from web.events import hub_for
 
 DATESYNC = str(Path(sys.executable).with_name("datesync"))
 FAST = Settings(retry_delay=0.05, poll_interval=60, max_attempts=2, concurrency=2)

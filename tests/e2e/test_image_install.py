@@ -88,8 +88,13 @@ def build_context(into: Path) -> Path:
     rules = dockerignore(ROOT / ".dockerignore")
     for relative in filter(None, listed):
         source = ROOT / relative
-        if source.is_file() and not ignored(relative, rules):
-            target = into / relative
+        if ignored(relative, rules):
+            continue
+        target = into / relative
+        if source.is_symlink():  # datesync/daemon -> ../daemon: Docker sends a link as a link
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(source.readlink())
+        elif source.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
     return into
@@ -149,7 +154,8 @@ def install_image(tmp_path: Path, dsn: str) -> tuple[Path, Path, dict[str, str]]
     run_env = {**env, "DATABASE_URL": dsn, "LOG_FORMAT": "json", "DATESYNC_POLL_INTERVAL": "1",
                "DATESYNC_HANDLER": "example:sync", "DATESYNC_SOURCES": "rollup=sql",
                "DATESYNC_ROLLUP_SQL_FILE": str(app / "handlers" / "example.sql")}
-    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import daemon, datesync; print(daemon.__file__)"],
+    where = subprocess.run([str(venv / "bin" / "python"), "-c",
+                            "import datesync.daemon; print(datesync.daemon.__file__)"],
                            cwd=tmp_path, env=run_env, capture_output=True, text=True, check=True)
     assert where.stdout.startswith(str(venv)), f"datesync must come from the installed wheel: {where.stdout}"
     migrated = subprocess.run([str(venv / "bin" / "datesync"), "migrate"], cwd=app, env=run_env,

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from playwright.async_api import Locator, expect
 
-from daemon.settings import Settings
+from datesync.daemon.settings import Settings
 from tests.e2e.conftest import OpenPage, Watched
 from tests.support.server import Live, live_server
 

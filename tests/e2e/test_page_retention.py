@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 from playwright.async_api import expect
 
-from daemon.retention import Retention
+from datesync.daemon.retention import Retention
 from tests.e2e.conftest import OpenPage
 from tests.e2e.test_page import batch, day, ready, served
 from tests.support.daemons import wait_batch_final

@@ -16,10 +16,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from daemon.db.connect import connect
-from daemon.embedded import EmbeddedPostgres
-from daemon.runtime import migrate_and_register
-from daemon.settings import Settings
+from datesync.daemon.db.connect import connect
+from datesync.daemon.embedded import EmbeddedPostgres
+from datesync.daemon.runtime import migrate_and_register
+from datesync.daemon.settings import Settings
 from tests.support.daemons import counts_mismatch, kill, log_of, spawn_daemon, wait_batch_final, wait_exit
 from tests.support.waiting import wait_for
 

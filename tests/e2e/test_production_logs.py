@@ -19,7 +19,7 @@ import asyncpg
 import httpx
 import pytest
 
-from daemon.sync.context import SyncContext
+from datesync.daemon.sync.context import SyncContext
 from tests.e2e.test_production_shutdown import start_run, wait_ready
 from tests.support.daemons import kill, wait_batch_final, wait_exit
 from tests.support.server import free_port

@@ -9,7 +9,7 @@ import asyncpg
 import httpx
 import pytest
 
-from daemon.retention import Retention
+from datesync.daemon.retention import Retention
 from tests.e2e.test_events_stream import FAST, events_of, insert_batch, log_ids, read_stream
 from tests.support.daemons import wait_batch_final
 from tests.support.retention import backdate

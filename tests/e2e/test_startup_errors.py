@@ -24,7 +24,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from daemon.embedded import DATABASE, EmbeddedPostgres
+from datesync.daemon.embedded import DATABASE, EmbeddedPostgres
 from tests.support.server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from playwright.async_api import Browser
 
-from daemon.settings import Settings
+from datesync.daemon.settings import Settings
 from tests.faults.procs import Proc, free_port, spawn
 from tests.support.server import live_server
 from tests.support.waiting import wait_for

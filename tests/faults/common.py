@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import asyncpg
 
-from daemon.db.connect import CONNECT_ERRORS, connect
+from datesync.daemon.db.connect import CONNECT_ERRORS, connect
 
 # The server is starting, stopping or gone: worth waiting for.
 SERVER_AWAY: tuple[type[BaseException], ...] = (*CONNECT_ERRORS, asyncpg.CannotConnectNowError,

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import asyncpg
 
-from daemon.db.connect import connect
-from daemon.db.dsn import with_database
-from daemon.embedded import EmbeddedPostgres
-from daemon.runtime import migrate_and_register
-from daemon.settings import Settings
+from datesync.daemon.db.connect import connect
+from datesync.daemon.db.dsn import with_database
+from datesync.daemon.embedded import EmbeddedPostgres
+from datesync.daemon.runtime import migrate_and_register
+from datesync.daemon.settings import Settings
 
 SOURCES = {"default": "demo"}
 

@@ -13,7 +13,7 @@ import datetime
 import os
 import time
 
-from daemon.sync.context import SyncContext
+from datesync.daemon.sync.context import SyncContext
 
 # The demo's tables (run_log, daily) exist wherever these handlers run: the fault invariants read them.
 from tests.faults.handlers import setup as setup
@@ -131,7 +131,7 @@ class CustomBase(BaseException):
 
 async def planned(day: datetime.date, ctx: SyncContext) -> object:
     """Does what PLANS says for `day` (returns 1 for a day without a plan)."""
-    from daemon.sync import threads
+    from datesync.daemon.sync import threads
 
     plan = PLANS.get(day, ("return", 1))
     kind = plan[0]

@@ -22,9 +22,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 
-from daemon.sync.context import SyncContext
-from daemon.sync.handlers.demo import SCHEMA as DEMO_SCHEMA
-from daemon.sync.handlers.demo import Demo
+from datesync.daemon.sync.context import SyncContext
+from datesync.daemon.sync.handlers.demo import SCHEMA as DEMO_SCHEMA
+from datesync.daemon.sync.handlers.demo import Demo
 
 FAULTS_SCHEMA = """
 CREATE SCHEMA IF NOT EXISTS faults;

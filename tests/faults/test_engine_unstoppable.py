@@ -79,7 +79,7 @@ async def test_edge_handlers_under_two_daemons_end_cleanly_and_a_sigterm_hands_s
 
 UNSTOPPABLE = """
 import asyncio
-from daemon.sync import attempt
+from datesync.daemon.sync import attempt
 from datesync.cli import _event_loop_run
 
 async def forever():

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon.sync import attempt
+from datesync.daemon.sync import attempt
 from tests.faults import edges
 from tests.support.daemons import FAST, counts_mismatch, running_daemon, wait_batch_final
 from tests.support.waiting import wait_for

@@ -9,7 +9,7 @@ import time
 import asyncpg
 import pytest
 
-from daemon.db.queries import q
+from datesync.daemon.db.queries import q
 from tests.support.daemons import FAST, counts_mismatch, overlapping_runs, running_daemon, wait_batch_final
 from tests.support.waiting import wait_for
 

@@ -17,12 +17,12 @@ import asyncpg
 import httpx
 import pytest
 
-from daemon.db.connect import connect, create_pool
-from daemon.db.migrate import migrate
-from daemon.db.queries import q
-from daemon.ops.messages import text
-from daemon.ops.validation import MIN_DATE
-from daemon.sync.store import Store
+from datesync.daemon.db.connect import connect, create_pool
+from datesync.daemon.db.migrate import migrate
+from datesync.daemon.db.queries import q
+from datesync.daemon.ops.messages import text
+from datesync.daemon.ops.validation import MIN_DATE
+from datesync.daemon.sync.store import Store
 from tests.support.daemons import ROOT, kill, log_of, spawn_daemon, wait_batch_final, wait_exit
 from tests.support.server import live_server
 

@@ -13,7 +13,7 @@ import asyncpg
 import httpx
 import pytest
 
-from daemon.db.queries import q
+from datesync.daemon.db.queries import q
 from tests.support.server import live_server
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -151,7 +151,7 @@ async def test_an_outcome_the_database_refuses_is_written_apart_and_never_holds_
     """The boundary switched off (as if it missed something): the finish write is refused for its data (NUL in
     the error; a row count asyncpg cannot encode). The outcomes of the same write that are fine are written as
     they are, the refused one in its fallback form, and every slot is freed; the daemon goes on."""
-    from daemon.sync import worker
+    from datesync.daemon.sync import worker
 
     if escape == "error":
         monkeypatch.setattr(worker, "error_text", lambda exc: f"{type(exc).__name__}: {exc}")

@@ -19,13 +19,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from daemon.db.connect import create_pool
-from daemon.db.queries import q
-from daemon.errors import HandlerError
-from daemon.settings import Settings
-from daemon.sync import handlers
-from daemon.sync.worker import Daemon
 from datesync import service
+from datesync.daemon.db.connect import create_pool
+from datesync.daemon.db.queries import q
+from datesync.daemon.errors import HandlerError
+from datesync.daemon.settings import Settings
+from datesync.daemon.sync import handlers
+from datesync.daemon.sync.worker import Daemon
 from tests.support.server import _Server, free_port
 from tests.support.waiting import wait_for
 
@@ -35,7 +35,7 @@ MODULE = '''
 import asyncio
 import datetime
 
-from daemon.sync.context import SyncContext
+from datesync.daemon.sync.context import SyncContext
 
 ACTIVE: dict[str, int] = {}
 PEAK: dict[str, int] = {}

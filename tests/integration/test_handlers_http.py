@@ -23,13 +23,13 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from structlog.testing import capture_logs
 
-from daemon.db.connect import create_pool
-from daemon.errors import HandlerError, SettingsError
-from daemon.settings import Settings
-from daemon.sources import SourceEnv
-from daemon.sync import handlers
-from daemon.sync.context import SyncContext
-from daemon.sync.handlers.http import (
+from datesync.daemon.db.connect import create_pool
+from datesync.daemon.errors import HandlerError, SettingsError
+from datesync.daemon.settings import Settings
+from datesync.daemon.sources import SourceEnv
+from datesync.daemon.sync import handlers
+from datesync.daemon.sync.context import SyncContext
+from datesync.daemon.sync.handlers.http import (
     HttpConfig,
     HttpHandler,
     RateLimiter,
@@ -38,7 +38,7 @@ from daemon.sync.handlers.http import (
     retry_after_seconds,
     safe_url,
 )
-from daemon.sync.worker import Daemon
+from datesync.daemon.sync.worker import Daemon
 from tests.support.server import free_port
 from tests.support.waiting import wait_for
 

@@ -10,14 +10,14 @@ import asyncpg
 import pytest
 import structlog
 
-from daemon.db.connect import create_pool
-from daemon.errors import HandlerError, SettingsError
-from daemon.settings import Settings
-from daemon.sources import SourceEnv
-from daemon.sync import handlers
-from daemon.sync.context import SyncContext
-from daemon.sync.handlers.sql import rows_affected, split_statements
-from daemon.sync.worker import Daemon
+from datesync.daemon.db.connect import create_pool
+from datesync.daemon.errors import HandlerError, SettingsError
+from datesync.daemon.settings import Settings
+from datesync.daemon.sources import SourceEnv
+from datesync.daemon.sync import handlers
+from datesync.daemon.sync.context import SyncContext
+from datesync.daemon.sync.handlers.sql import rows_affected, split_statements
+from datesync.daemon.sync.worker import Daemon
 from tests.support.waiting import wait_for
 
 ROLLUP = """

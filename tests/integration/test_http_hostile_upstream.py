@@ -16,9 +16,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from daemon.db.connect import create_pool
-from daemon.sync import handlers
-from daemon.sync.worker import Daemon
+from datesync.daemon.db.connect import create_pool
+from datesync.daemon.sync import handlers
+from datesync.daemon.sync.worker import Daemon
 from tests.support.daemons import FAST, counts_mismatch, wait_batch_final
 from tests.support.server import free_port
 

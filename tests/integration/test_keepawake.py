@@ -8,7 +8,7 @@ import contextlib
 import asyncpg
 import pytest
 
-from daemon.keepawake import KeepAwake
+from datesync.daemon.keepawake import KeepAwake
 from tests.support.daemons import FAST, running_daemon, wait_batch_final
 from tests.support.server import live_server
 

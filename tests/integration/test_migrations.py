@@ -11,10 +11,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from daemon.db.connect import connect
-from daemon.db.migrate import FROZEN_THROUGH, available, check_numbering, is_current, migrate, repeatables
-from daemon.embedded import bin_dir
-from daemon.errors import MigrationError
+from datesync.daemon.db.connect import connect
+from datesync.daemon.db.migrate import FROZEN_THROUGH, available, check_numbering, is_current, migrate, repeatables
+from datesync.daemon.embedded import bin_dir
+from datesync.daemon.errors import MigrationError
 
 ROOT = Path(__file__).resolve().parents[2]
 DB = ROOT / "daemon" / "db"

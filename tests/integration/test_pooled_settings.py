@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.db import connect as connecting
-from daemon.errors import SettingsError
-from daemon.runtime import Database, check_endpoints, database
-from daemon.settings import Settings
+from datesync.daemon.db import connect as connecting
+from datesync.daemon.errors import SettingsError
+from datesync.daemon.runtime import Database, check_endpoints, database
+from datesync.daemon.settings import Settings
 
 BOUNCER = "postgresql://app:pw-bouncer-1@pgbouncer.pooled-settings.internal:6432/app"
 DIRECT = "postgresql://app:pw-bouncer-1@db.pooled-settings.internal:5432/app"

@@ -10,12 +10,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.db.connect import create_pool
-from daemon.settings import Settings
+from datesync.daemon.db.connect import create_pool
+from datesync.daemon.settings import Settings
+from datesync.web.app import create_app
+from datesync.web.state import AppState
 from tests.support.daemons import running_daemon, wait_batch_final
 from tests.support.server import live_server
-from web.app import create_app
-from web.state import AppState
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

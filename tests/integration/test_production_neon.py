@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.db import connect as connecting
-from daemon.db import dsn as dsns
-from daemon.errors import SettingsError
-from daemon.listener import Listener
-from daemon.runtime import Database, check_endpoints, direct_dsn_for, prepare
-from daemon.settings import Settings
+from datesync.daemon.db import connect as connecting
+from datesync.daemon.db import dsn as dsns
+from datesync.daemon.errors import SettingsError
+from datesync.daemon.listener import Listener
+from datesync.daemon.runtime import Database, check_endpoints, direct_dsn_for, prepare
+from datesync.daemon.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 POOLED = "postgresql://app:pw-neon-1@ep-cool-name-123456-pooler.eu-central-1.aws.neon.tech/db?sslmode=require"

@@ -13,10 +13,10 @@ import pytest
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
-from daemon.db.connect import connect, create_pool
-from daemon.db.queries import q
-from daemon.retention import Retention
-from daemon.settings import Settings
+from datesync.daemon.db.connect import connect, create_pool
+from datesync.daemon.db.queries import q
+from datesync.daemon.retention import Retention
+from datesync.daemon.settings import Settings
 from tests.support.daemons import (
     FAST,
     counts_mismatch,

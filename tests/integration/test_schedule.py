@@ -12,15 +12,15 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import pytest
 
-from daemon.db.connect import create_pool
-from daemon.db.queries import q
-from daemon.errors import SettingsError
-from daemon.runtime import Database
-from daemon.settings import Settings
-from daemon.sync import handlers
-from daemon.sync.schedule import Schedule, contiguous_ranges, latest_slot, next_slot
-from daemon.sync.worker import Daemon
 from datesync import service
+from datesync.daemon.db.connect import create_pool
+from datesync.daemon.db.queries import q
+from datesync.daemon.errors import SettingsError
+from datesync.daemon.runtime import Database
+from datesync.daemon.settings import Settings
+from datesync.daemon.sync import handlers
+from datesync.daemon.sync.schedule import Schedule, contiguous_ranges, latest_slot, next_slot
+from datesync.daemon.sync.worker import Daemon
 from tests.support.waiting import wait_for
 
 TZ = ZoneInfo("Asia/Shanghai")

@@ -8,9 +8,9 @@ import datetime
 import asyncpg
 import pytest
 
-from daemon.db.connect import connect
-from daemon.db.migrate import available, is_current, migrate
-from daemon.db.queries import q
+from datesync.daemon.db.connect import connect
+from datesync.daemon.db.migrate import available, is_current, migrate
+from datesync.daemon.db.queries import q
 
 
 async def test_migrations_apply_to_an_empty_database_and_are_idempotent(empty_dsn: str) -> None:

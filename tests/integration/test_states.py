@@ -7,7 +7,7 @@ import enum
 import asyncpg
 import pytest
 
-from daemon.states import BatchState, DayStatus, TaskState
+from datesync.daemon.states import BatchState, DayStatus, TaskState
 
 
 @pytest.mark.parametrize(("sql_type", "python"), [("datesync.batch_state", BatchState),

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import asyncpg
 
-from daemon.db.connect import create_pool
-from daemon.settings import Settings
-from daemon.sync import handlers
-from daemon.sync.worker import Daemon
+from datesync.daemon.db.connect import create_pool
+from datesync.daemon.settings import Settings
+from datesync.daemon.sync import handlers
+from datesync.daemon.sync.worker import Daemon
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = Settings(retry_delay=0.05, poll_interval=2, lease=3)

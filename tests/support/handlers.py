@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 
-from daemon.sync.context import SyncContext
+from datesync.daemon.sync.context import SyncContext
 
 
 async def hang(day: datetime.date, ctx: SyncContext) -> int:

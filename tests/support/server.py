@@ -10,13 +10,13 @@ from collections.abc import AsyncIterator, Iterator
 
 import uvicorn
 
-from daemon.db.connect import create_pool
-from daemon.settings import Settings
-from daemon.sync import handlers
-from daemon.sync.worker import Daemon
-from web.app import create_app
-from web.serving import uvicorn_config
-from web.state import AppState
+from datesync.daemon.db.connect import create_pool
+from datesync.daemon.settings import Settings
+from datesync.daemon.sync import handlers
+from datesync.daemon.sync.worker import Daemon
+from datesync.web.app import create_app
+from datesync.web.serving import uvicorn_config
+from datesync.web.state import AppState
 
 
 def free_port() -> int:

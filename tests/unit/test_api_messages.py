@@ -16,13 +16,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 from structlog.testing import capture_logs
 
-from daemon.ops.messages import MESSAGES, preferred, text
-from daemon.ops.problems import OperationError, problem
-from web.api import EXCEPTION_HANDLERS
-from web.api.auth import token_matches
-from web.api.envelope import Envelope
-from web.api.errors import Guard
-from web.api.middleware import BodyLimit
+from datesync.daemon.ops.messages import MESSAGES, preferred, text
+from datesync.daemon.ops.problems import OperationError, problem
+from datesync.web.api import EXCEPTION_HANDLERS
+from datesync.web.api.auth import token_matches
+from datesync.web.api.envelope import Envelope
+from datesync.web.api.errors import Guard
+from datesync.web.api.middleware import BodyLimit
 
 
 @pytest.mark.parametrize(("header", "lang"), [

@@ -10,9 +10,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.ops.problems import OperationError
-from daemon.ops.validation import MIN_DATE, BatchRequest, Limits, idempotency_key, parse_json_object, validate_batch
-from web.api.params import batch_id
+from datesync.daemon.ops.problems import OperationError
+from datesync.daemon.ops.validation import (
+    MIN_DATE,
+    BatchRequest,
+    Limits,
+    idempotency_key,
+    parse_json_object,
+    validate_batch,
+)
+from datesync.web.api.params import batch_id
 
 TODAY = datetime.date(2025, 10, 10)
 LIMITS = Limits(TODAY, "Asia/Shanghai", 31)

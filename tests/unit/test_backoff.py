@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.backoff import Backoff
+from datesync.daemon.backoff import Backoff
 
 
 def test_it_multiplies_per_failure_and_stops_at_the_cap() -> None:

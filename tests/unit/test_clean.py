@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.sync.clean import TEXT_LIMIT, clean_text, error_text, progress_note, progress_value, row_count
-from daemon.sync.outcome import Kind, Outcome, fallbacks, retry_may_cure
+from datesync.daemon.sync.clean import TEXT_LIMIT, clean_text, error_text, progress_note, progress_value, row_count
+from datesync.daemon.sync.outcome import Kind, Outcome, fallbacks, retry_may_cure
 
 
 @given(st.text(alphabet=st.characters(exclude_categories=()), max_size=3000))  # lone surrogates too
@@ -83,7 +83,7 @@ def test_only_refusals_of_the_data_are_not_retried() -> None:
 
 
 def test_a_refused_outcome_falls_back_to_ascii_then_a_bare_failure() -> None:
-    from daemon.settings import Settings
+    from datesync.daemon.settings import Settings
 
     outcome = Outcome(1, 2, Kind.FAILED, 1, error="caf\u00e9 \U0001f600", rows=None)
     tried = list(fallbacks(outcome, asyncpg.UntranslatableCharacterError("x"), None, Settings()))

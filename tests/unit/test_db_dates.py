@@ -8,7 +8,7 @@ import pickle
 
 import pytest
 
-from daemon.db.dates import OutOfRangeDate, _decode, _encode
+from datesync.daemon.db.dates import OutOfRangeDate, _decode, _encode
 
 EPOCH = datetime.date(2000, 1, 1).toordinal()
 

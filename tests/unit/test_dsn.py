@@ -1,4 +1,4 @@
-from daemon.db import dsn
+from datesync.daemon.db import dsn
 
 
 def test_neon_pooler_becomes_direct() -> None:

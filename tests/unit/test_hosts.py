@@ -2,8 +2,8 @@
 
 import pytest
 
-from web.api.middleware import _origin_key
-from web.hosts import HostPatterns, host_name
+from datesync.web.api.middleware import _origin_key
+from datesync.web.hosts import HostPatterns, host_name
 
 
 @pytest.mark.parametrize(

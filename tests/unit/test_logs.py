@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon import logs
+from datesync.daemon import logs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -95,7 +95,7 @@ def test_the_processor_scrubs_keys_nested_values_and_exceptions(known_secrets: N
 PIPELINE = textwrap.dedent("""
     import logging, sys
     import structlog
-    from daemon import logs
+    from datesync.daemon import logs
 
     logs.configure(sys.argv[1])
     log = structlog.get_logger("datesync.test")

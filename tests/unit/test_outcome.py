@@ -1,4 +1,4 @@
-from daemon.sync.outcome import Kind, Outcome, error_text, retry_delay
+from datesync.daemon.sync.outcome import Kind, Outcome, error_text, retry_delay
 
 
 def test_retry_delay_doubles_with_bounded_jitter() -> None:

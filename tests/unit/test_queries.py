@@ -1,6 +1,6 @@
 import pytest
 
-from daemon.db.queries import all_queries, parse, q
+from datesync.daemon.db.queries import all_queries, parse, q
 
 
 def test_parse_names_blocks_and_drops_description_lines() -> None:

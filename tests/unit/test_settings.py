@@ -2,8 +2,8 @@ from datetime import time
 
 import pytest
 
-from daemon.errors import SettingsError
-from daemon.settings import Settings
+from datesync.daemon.errors import SettingsError
+from datesync.daemon.settings import Settings
 
 
 def test_defaults_match_the_design() -> None:

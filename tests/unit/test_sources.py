@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.errors import SettingsError
-from daemon.settings import Settings
-from daemon.sources import SourceEnv, SourceSpec, parse_sources
 from datesync import service
+from datesync.daemon.errors import SettingsError
+from datesync.daemon.settings import Settings
+from datesync.daemon.sources import SourceEnv, SourceSpec, parse_sources
 
 
 def test_sources_are_parsed_with_their_caps() -> None:

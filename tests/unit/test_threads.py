@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from daemon.sync import threads
+from datesync.daemon.sync import threads
 
 VAR: contextvars.ContextVar[str] = contextvars.ContextVar("VAR", default="unset")
 

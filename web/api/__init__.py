@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Route
 
-from web.api import batches, openapi, status, submit
-from web.api.errors import EXCEPTION_HANDLERS
-from web.api.middleware import middleware
+from datesync.web.api import batches, openapi, status, submit
+from datesync.web.api.errors import EXCEPTION_HANDLERS
+from datesync.web.api.middleware import middleware
 
 routes: list[BaseRoute] = [
     Route("/", status.summary, methods=["GET"], name="status_summary"),

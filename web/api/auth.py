@@ -6,8 +6,8 @@ import hmac
 
 from starlette.requests import Request
 
-from daemon.ops.problems import OperationError, problem
-from web.state import AppState
+from datesync.daemon.ops.problems import OperationError, problem
+from datesync.web.state import AppState
 
 
 def token_matches(expected: str, authorization: str | None) -> bool:

@@ -6,14 +6,14 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 
-from daemon.db.queries import q
-from daemon.ops import batches, present
-from daemon.ops.messages import preferred
-from daemon.states import BatchState
-from web.api.auth import require_token
-from web.api.envelope import success
-from web.api.params import Query, batch_id
-from web.state import AppState
+from datesync.daemon.db.queries import q
+from datesync.daemon.ops import batches, present
+from datesync.daemon.ops.messages import preferred
+from datesync.daemon.states import BatchState
+from datesync.web.api.auth import require_token
+from datesync.web.api.envelope import success
+from datesync.web.api.params import Query, batch_id
+from datesync.web.state import AppState
 
 log = structlog.get_logger("datesync.web")
 

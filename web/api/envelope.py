@@ -12,8 +12,8 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
-from daemon.ops.messages import Lang
-from daemon.ops.problems import OperationError
+from datesync.daemon.ops.messages import Lang
+from datesync.daemon.ops.problems import OperationError
 
 
 def _default(value: object) -> object:

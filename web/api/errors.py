@@ -12,10 +12,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from daemon.db.connect import CONNECT_ERRORS
-from daemon.ops.messages import Lang, preferred
-from daemon.ops.problems import Msg, OperationError
-from web.api.envelope import failure
+from datesync.daemon.db.connect import CONNECT_ERRORS
+from datesync.daemon.ops.messages import Lang, preferred
+from datesync.daemon.ops.problems import Msg, OperationError
+from datesync.web.api.envelope import failure
 
 log = structlog.get_logger("datesync.web")
 

@@ -10,11 +10,11 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from daemon.ops.messages import preferred
-from daemon.ops.problems import OperationError, problem, shown
-from daemon.settings import Settings
-from web.api.envelope import failure
-from web.api.errors import Guard
+from datesync.daemon.ops.messages import preferred
+from datesync.daemon.ops.problems import OperationError, problem, shown
+from datesync.daemon.settings import Settings
+from datesync.web.api.envelope import failure
+from datesync.web.api.errors import Guard
 
 MAX_BODY = 64 * 1024
 CORS_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", "Accept-Language"]

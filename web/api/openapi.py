@@ -7,8 +7,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from web.api.batches import BATCH_STATES
-from web.api.status import DAY_STATUSES
+from datesync.web.api.batches import BATCH_STATES
+from datesync.web.api.status import DAY_STATUSES
 
 PREFIX = "/api/v1/sync-status"
 Schema = dict[str, Any]

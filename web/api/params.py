@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 from starlette.datastructures import QueryParams
 
-from daemon.ops.problems import FieldError, OperationError, problem, shown
-from daemon.ops.validation import parse_date
+from datesync.daemon.ops.problems import FieldError, OperationError, problem, shown
+from datesync.daemon.ops.validation import parse_date
 
 MAX_LIMIT = 500
 MAX_OFFSET = 1_000_000_000

@@ -5,14 +5,14 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from daemon.db.queries import q
-from daemon.ops import ledger
-from daemon.ops.validation import SOURCE_NAME, span_problems
-from daemon.states import DayStatus
-from web.api.envelope import success
-from web.api.params import Query
-from web.api.submit import limits
-from web.state import AppState
+from datesync.daemon.db.queries import q
+from datesync.daemon.ops import ledger
+from datesync.daemon.ops.validation import SOURCE_NAME, span_problems
+from datesync.daemon.states import DayStatus
+from datesync.web.api.envelope import success
+from datesync.web.api.params import Query
+from datesync.web.api.submit import limits
+from datesync.web.state import AppState
 
 DAY_STATUSES = tuple(DayStatus)
 

@@ -8,12 +8,12 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 
-from daemon.ops import batches
-from daemon.ops.messages import preferred
-from daemon.ops.validation import Limits, idempotency_key, parse_json_object, validate_batch
-from web.api.auth import require_token
-from web.api.envelope import success
-from web.state import AppState
+from datesync.daemon.ops import batches
+from datesync.daemon.ops.messages import preferred
+from datesync.daemon.ops.validation import Limits, idempotency_key, parse_json_object, validate_batch
+from datesync.web.api.auth import require_token
+from datesync.web.api.envelope import success
+from datesync.web.state import AppState
 
 log = structlog.get_logger("datesync.web")
 

@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator
 
 import structlog
 
-from web.events.hub import Hub, HubConfig
-from web.events.routes import hub_for, hubs, routes
-from web.state import AppState
+from datesync.web.events.hub import Hub, HubConfig
+from datesync.web.events.routes import hub_for, hubs, routes
+from datesync.web.state import AppState
 
 log = structlog.get_logger("datesync.web.events")
 

@@ -19,10 +19,10 @@ from collections.abc import Sequence
 import asyncpg
 import structlog
 
-from daemon.db.connect import DB_ERRORS
-from daemon.db.queries import q
-from daemon.listener import Listener
-from daemon.settings import Settings
+from datesync.daemon.db.connect import DB_ERRORS
+from datesync.daemon.db.queries import q
+from datesync.daemon.listener import Listener
+from datesync.daemon.settings import Settings
 
 log = structlog.get_logger("datesync.web.events")
 

@@ -8,11 +8,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from daemon.db.connect import DB_ERRORS
-from daemon.db.queries import q
-from web.events.hub import Client, Hub, HubUnavailable
-from web.events.stream import HEADERS, EventStream, Plan, messages
-from web.state import AppState
+from datesync.daemon.db.connect import DB_ERRORS
+from datesync.daemon.db.queries import q
+from datesync.web.events.hub import Client, Hub, HubUnavailable
+from datesync.web.events.stream import HEADERS, EventStream, Plan, messages
+from datesync.web.state import AppState
 
 _WHOLE = re.compile(r"[0-9]{1,19}")
 _BIGINT_MAX = 2**63 - 1

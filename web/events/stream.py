@@ -22,8 +22,8 @@ import structlog
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from daemon.db.connect import DB_ERRORS
-from web.events.hub import Client, Event, Signal
+from datesync.daemon.db.connect import DB_ERRORS
+from datesync.web.events.hub import Client, Event, Signal
 
 log = structlog.get_logger("datesync.web.events")
 

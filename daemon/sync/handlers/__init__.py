@@ -15,10 +15,10 @@ from typing import Any
 
 import asyncpg
 
-from daemon.errors import DatesyncError, HandlerError
-from daemon.sources import DEFAULT, SourceEnv
-from daemon.sync import threads
-from daemon.sync.context import SyncContext
+from datesync.daemon.errors import DatesyncError, HandlerError
+from datesync.daemon.sources import DEFAULT, SourceEnv
+from datesync.daemon.sync import threads
+from datesync.daemon.sync.context import SyncContext
 
 HandlerFunc = Callable[[datetime.date, SyncContext], Awaitable[int | None]]
 SetupFunc = Callable[[asyncpg.Pool], Awaitable[None]]
@@ -48,19 +48,19 @@ def load(spec: str, source: str = "default", env: Mapping[str, str] | None = Non
     """
     label = "DATESYNC_HANDLER" if source == DEFAULT else f"DATESYNC_SOURCES (source {source})"
     if spec == "demo":
-        from daemon.sync.handlers import demo
+        from datesync.daemon.sync.handlers import demo
 
         return demo.handler()
     if spec == "noop":
-        from daemon.sync.handlers import noop
+        from datesync.daemon.sync.handlers import noop
 
         return noop.handler()
     if spec == "http":
-        from daemon.sync.handlers import http
+        from datesync.daemon.sync.handlers import http
 
         return http.handler(SourceEnv(source, env))
     if spec == "sql":
-        from daemon.sync.handlers import sql
+        from datesync.daemon.sync.handlers import sql
 
         return sql.handler(SourceEnv(source, env))
     return _load_custom(spec, f"{label}={spec!r}")

@@ -18,10 +18,10 @@ import random
 
 import asyncpg
 
-from daemon.db.connect import Conn
-from daemon.errors import SettingsError
-from daemon.sync.context import SyncContext
-from daemon.sync.handlers import Handler
+from datesync.daemon.db.connect import Conn
+from datesync.daemon.errors import SettingsError
+from datesync.daemon.sync.context import SyncContext
+from datesync.daemon.sync.handlers import Handler
 
 SCHEMA = """
 CREATE SCHEMA IF NOT EXISTS datesync_demo;

@@ -39,11 +39,11 @@ import asyncpg
 import httpx
 import structlog
 
-from daemon.backoff import Backoff
-from daemon.errors import HandlerError, SettingsError
-from daemon.sources import SourceEnv
-from daemon.sync.context import SyncContext
-from daemon.sync.handlers import Handler
+from datesync.daemon.backoff import Backoff
+from datesync.daemon.errors import HandlerError, SettingsError
+from datesync.daemon.sources import SourceEnv
+from datesync.daemon.sync.context import SyncContext
+from datesync.daemon.sync.handlers import Handler
 
 log = structlog.get_logger("datesync.http")
 

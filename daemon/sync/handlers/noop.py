@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime
 
-from daemon.sync.context import SyncContext
-from daemon.sync.handlers import Handler
+from datesync.daemon.sync.context import SyncContext
+from datesync.daemon.sync.handlers import Handler
 
 
 async def sync(day: datetime.date, ctx: SyncContext) -> int:

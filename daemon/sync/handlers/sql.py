@@ -19,11 +19,11 @@ from pathlib import Path
 
 import asyncpg
 
-from daemon.db.connect import Conn
-from daemon.errors import HandlerError, SettingsError
-from daemon.sources import SourceEnv
-from daemon.sync.context import SyncContext
-from daemon.sync.handlers import Handler
+from datesync.daemon.db.connect import Conn
+from datesync.daemon.errors import HandlerError, SettingsError
+from datesync.daemon.sources import SourceEnv
+from datesync.daemon.sync.context import SyncContext
+from datesync.daemon.sync.handlers import Handler
 
 _COUNTED = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE"})
 _TRANSACTION_CONTROL = re.compile(
