@@ -31,7 +31,7 @@ from datesync.daemon.settings import Settings
 from datesync.daemon.sync.attempt import UNWIND_S, Ended, connection_gone, lost_connection, run_handler, terminate
 from datesync.daemon.sync.clean import error_text, row_count, traceback_text
 from datesync.daemon.sync.context import SyncContext
-from datesync.daemon.sync.handlers import Handler
+from datesync.daemon.sync.handlers.base import Handler
 from datesync.daemon.sync.outcome import Kind, Outcome, fallbacks, retry_delay, retry_may_cure
 from datesync.daemon.sync.store import Claimed, Store
 

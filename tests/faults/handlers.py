@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 
+from datesync.daemon.sources import SourceEnv
 from datesync.daemon.sync.context import SyncContext
 from datesync.daemon.sync.handlers.demo import SCHEMA as DEMO_SCHEMA
 from datesync.daemon.sync.handlers.demo import Demo
@@ -48,7 +49,7 @@ _demo: Demo | None = None
 def _the_demo() -> Demo:
     global _demo
     if _demo is None:
-        _demo = Demo.from_env()
+        _demo = Demo.from_env(SourceEnv())
     return _demo
 
 

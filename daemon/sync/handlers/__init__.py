@@ -10,7 +10,7 @@ import importlib
 import inspect
 import os
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import asyncpg
@@ -19,23 +19,9 @@ from datesync.daemon.errors import DatesyncError, HandlerError
 from datesync.daemon.sources import DEFAULT, SourceEnv
 from datesync.daemon.sync import threads
 from datesync.daemon.sync.context import SyncContext
+from datesync.daemon.sync.handlers.base import Handler, HandlerFunc
 
-HandlerFunc = Callable[[datetime.date, SyncContext], Awaitable[int | None]]
-SetupFunc = Callable[[asyncpg.Pool], Awaitable[None]]
-
-
-@dataclasses.dataclass(frozen=True)
-class Handler:
-    """A loaded handler: the per-date function and an optional one-time set-up (tables, clients)."""
-
-    name: str
-    sync: HandlerFunc
-    setup: SetupFunc | None = None
-    close: Callable[[], Awaitable[None]] | None = None
-    # True when the handler leaves no session state (SET, temp tables, LISTEN) on ctx.db, so the daemon can
-    # skip resetting the connection after each date; user code gets the reset.
-    session_safe: bool = False
-
+__all__ = ["BUILTIN", "Handler", "load", "set_up"]
 
 BUILTIN = ("demo", "noop", "http", "sql")
 
@@ -50,7 +36,7 @@ def load(spec: str, source: str = "default", env: Mapping[str, str] | None = Non
     if spec == "demo":
         from datesync.daemon.sync.handlers import demo
 
-        return demo.handler()
+        return demo.handler(SourceEnv(source, env))
     if spec == "noop":
         from datesync.daemon.sync.handlers import noop
 

@@ -4,8 +4,8 @@ Writes one row per date to datesync_demo.daily and one row per invocation (day, 
 worker) to datesync_demo.run_log. The run-log row is committed when the run starts, so a run cut short by a
 crash still shows up (with no finished_at) and overlap checks see it.
 
-Environment: DATESYNC_DEMO_DELAY_MS (default 200), DATESYNC_DEMO_FAIL_RATE (0..1, default 0),
-DATESYNC_DEMO_FAIL_DATES (comma list of YYYY-MM-DD that always fail).
+Environment, each read as DATESYNC_<SOURCE>_DEMO_X first for a named source: DATESYNC_DEMO_DELAY_MS (default 200),
+DATESYNC_DEMO_FAIL_RATE (0..1, default 0), DATESYNC_DEMO_FAIL_DATES (comma list of YYYY-MM-DD that always fail).
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import os
 import random
 
 import asyncpg
 
 from datesync.daemon.db.connect import Conn
 from datesync.daemon.errors import SettingsError
+from datesync.daemon.sources import SourceEnv
 from datesync.daemon.sync.context import SyncContext
-from datesync.daemon.sync.handlers import Handler
+from datesync.daemon.sync.handlers.base import Handler
 
 SCHEMA = """
 CREATE SCHEMA IF NOT EXISTS datesync_demo;
@@ -57,24 +57,26 @@ class Demo:
         self.fail_dates = fail_dates
 
     @classmethod
-    def from_env(cls) -> Demo:
+    def from_env(cls, env: SourceEnv) -> Demo:
         try:
-            delay = float(os.environ.get("DATESYNC_DEMO_DELAY_MS", "200"))
+            delay = float(env.get("DATESYNC_DEMO_DELAY_MS") or "200")
             if delay < 0:
                 raise ValueError
         except ValueError:
-            raise SettingsError("DATESYNC_DEMO_DELAY_MS must be a number of milliseconds, 0 or more") from None
+            raise SettingsError(f"{env.name('DATESYNC_DEMO_DELAY_MS')} must be a number of milliseconds, 0 or more"
+                                ) from None
         try:
-            rate = float(os.environ.get("DATESYNC_DEMO_FAIL_RATE", "0"))
+            rate = float(env.get("DATESYNC_DEMO_FAIL_RATE") or "0")
             if not 0 <= rate <= 1:
                 raise ValueError
         except ValueError:
-            raise SettingsError("DATESYNC_DEMO_FAIL_RATE must be a number from 0 to 1") from None
-        raw = [d.strip() for d in os.environ.get("DATESYNC_DEMO_FAIL_DATES", "").split(",") if d.strip()]
+            raise SettingsError(f"{env.name('DATESYNC_DEMO_FAIL_RATE')} must be a number from 0 to 1") from None
+        raw = [d.strip() for d in (env.get("DATESYNC_DEMO_FAIL_DATES") or "").split(",") if d.strip()]
         try:
             dates = frozenset(datetime.date.fromisoformat(d) for d in raw)
         except ValueError:
-            raise SettingsError("DATESYNC_DEMO_FAIL_DATES must be a comma list of YYYY-MM-DD dates") from None
+            raise SettingsError(f"{env.name('DATESYNC_DEMO_FAIL_DATES')} must be a comma list of YYYY-MM-DD dates"
+                                ) from None
         return cls(delay, rate, dates)
 
     async def setup(self, pool: asyncpg.Pool) -> None:
@@ -121,6 +123,6 @@ async def _finish_failed(conn: Conn, run_id: int, error: str) -> None:
         )
 
 
-def handler() -> Handler:
-    demo = Demo.from_env()
+def handler(env: SourceEnv | None = None) -> Handler:
+    demo = Demo.from_env(env or SourceEnv())
     return Handler(name="demo", sync=demo.sync, setup=demo.setup, session_safe=True)

@@ -43,7 +43,7 @@ from datesync.daemon.backoff import Backoff
 from datesync.daemon.errors import HandlerError, SettingsError
 from datesync.daemon.sources import SourceEnv
 from datesync.daemon.sync.context import SyncContext
-from datesync.daemon.sync.handlers import Handler
+from datesync.daemon.sync.handlers.base import Handler
 
 log = structlog.get_logger("datesync.http")
 

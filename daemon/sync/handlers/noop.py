@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 
 from datesync.daemon.sync.context import SyncContext
-from datesync.daemon.sync.handlers import Handler
+from datesync.daemon.sync.handlers.base import Handler
 
 
 async def sync(day: datetime.date, ctx: SyncContext) -> int:

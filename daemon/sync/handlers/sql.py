@@ -23,7 +23,7 @@ from datesync.daemon.db.connect import Conn
 from datesync.daemon.errors import HandlerError, SettingsError
 from datesync.daemon.sources import SourceEnv
 from datesync.daemon.sync.context import SyncContext
-from datesync.daemon.sync.handlers import Handler
+from datesync.daemon.sync.handlers.base import Handler
 
 _COUNTED = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE"})
 _TRANSACTION_CONTROL = re.compile(
