@@ -21,6 +21,7 @@ import asyncpg
 import structlog
 
 from datesync.daemon import metrics
+from datesync.daemon.backoff import Backoff
 from datesync.daemon.db.connect import DB_ERRORS
 from datesync.daemon.db.queries import q
 from datesync.daemon.sync.outcome import error_text
@@ -44,6 +45,10 @@ class Pruned:
     @property
     def anything(self) -> bool:
         return bool(self.tasks or self.events or self.batches)
+
+
+# Waits after a failed prune (the next hourly pass is never more than the cap away).
+RETRY = Backoff(2.0, cap=300.0)
 
 
 class Retention:
@@ -115,7 +120,7 @@ class Retention:
             except DB_ERRORS as exc:
                 failures += 1
                 log.warning("retention_database_error", error=error_text(exc), failures=failures)
-                due = time.monotonic() + min(2.0**failures, 300.0)
+                due = time.monotonic() + RETRY.delay(failures)
                 continue
             failures = 0
             first = False

@@ -202,7 +202,7 @@ async def measure_expand(scratch: Scratch, sizes: Sizes) -> dict[str, float]:
             await _insert_batch(conn, 3660)
             started = time.perf_counter()
             async with conn.transaction():
-                await conn.fetchrow(q("batch_expand_next"), 3)
+                await conn.fetchrow(q("batch_expand"), 3)
             samples.append((time.perf_counter() - started) * 1000)
         return {"expand_3660_ms": statistics.median(samples)}
     finally:
@@ -235,7 +235,7 @@ async def measure_claim(scratch: Scratch, sizes: Sizes) -> dict[str, float]:
     try:
         await _reset(conn)
         await _insert_batch(conn, 1)
-        await conn.fetchrow(q("batch_expand_next"), 3)
+        await conn.fetchrow(q("batch_expand"), 3)
         await conn.execute("ANALYZE datesync.task")
         at_0 = await median_claim()
         # Fill the queue behind it with other batches' tasks, each (source, day) queued many times over.
@@ -243,7 +243,7 @@ async def measure_claim(scratch: Scratch, sizes: Sizes) -> dict[str, float]:
         while remaining > 0:
             days = min(3660, remaining)
             await _insert_batch(conn, days)
-            await conn.fetchrow(q("batch_expand_next"), 3)
+            await conn.fetchrow(q("batch_expand"), 3)
             remaining -= days
         await conn.execute("VACUUM ANALYZE datesync.task")
         at_1m = await median_claim()

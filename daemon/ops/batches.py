@@ -117,7 +117,7 @@ async def retry(conn: Conn, batch_id: int) -> tuple[dict[str, Any], int, Msg]:
     nothing to retry. One transaction: the requeue, the daemons' wake-up, then the event (last: see
     event_serialize)."""
     async with conn.transaction():
-        retried = await conn.fetchrow(q("batch_retry"), batch_id)
+        retried = await conn.fetchrow(q("batch_requeue_failed"), batch_id)
         if retried is not None:
             await conn.execute(q("batch_wake_daemons"), str(batch_id))
             await conn.execute(q("event_insert_batch"), batch_id, "running", {"retry": retried["requeued"]})

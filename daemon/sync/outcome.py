@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import random
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import asyncpg
 
 # The text boundary lives in clean.py; error_text stays importable from here for older callers.
+from datesync.daemon.backoff import Backoff
 from datesync.daemon.sync.clean import clean_text
 from datesync.daemon.sync.clean import error_text as error_text
 
@@ -51,7 +51,7 @@ class Outcome:
 def retry_delay(base: float, attempt: int) -> float:
     """Seconds before retrying after failed attempt number `attempt`: base doubling per attempt, ±20% jitter so
     that dates failing together do not retry together."""
-    return base * (2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
+    return Backoff(base).delay(attempt)
 
 
 # SQLSTATE classes of a write that may succeed if simply tried again: connection exception, transaction rollback

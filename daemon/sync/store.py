@@ -37,7 +37,7 @@ def _claimed(r: asyncpg.Record) -> Claimed:
 async def _insert_task_events(conn: Conn, rows: Sequence[asyncpg.Record]) -> None:
     if not rows:
         return
-    await conn.execute(q("event_insert_tasks"), [r["id"] for r in rows])
+    await conn.execute(q("event_log_tasks"), [r["id"] for r in rows])
 
 
 class Store:
@@ -136,7 +136,7 @@ class Store:
         """Cancel a batch's queued work: the whole batch if never expanded, else its queued tasks."""
         async with self.pool.acquire() as conn, conn.transaction():
             if state == "queued":
-                if await conn.fetchval(q("batch_cancel_queued"), batch_id) is not None:
+                if await conn.fetchval(q("batch_cancel_unexpanded"), batch_id) is not None:
                     await conn.execute(q("event_insert_batch"), batch_id, "cancelled", {"final": True})
                 return
             rows = await conn.fetch(q("task_cancel_queued"), [batch_id])
@@ -152,7 +152,7 @@ class Store:
         if not ids:
             return []
         async with self.pool.acquire() as conn:
-            return list(await conn.fetch(q("batch_finalize"), ids))
+            return list(await conn.fetch(q("batch_end_settled"), ids))
 
     async def seconds_until_next_task(self) -> float | None:
         async with self.pool.acquire() as conn:

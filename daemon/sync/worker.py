@@ -25,6 +25,7 @@ import structlog
 from asyncpg.pool import PoolConnectionProxy
 
 from datesync.daemon import metrics
+from datesync.daemon.backoff import Backoff
 from datesync.daemon.db.connect import DB_ERRORS as CONNECT_DB_ERRORS
 from datesync.daemon.listener import Listener
 from datesync.daemon.settings import Settings
@@ -51,6 +52,10 @@ DB_FAILURES: tuple[type[BaseException], ...] = (*CONNECT_DB_ERRORS, asyncpg.Inte
 AFTER_GRACE_S = UNWIND_S + 4.0
 # A date whose own connection broke under it this many times in a row (here) counts the next such attempt.
 MAX_LOST_HANDBACKS = 5
+# Waits while the database fails the loop's looks (each failure doubles it), and while it refuses an outcome's
+# write (from 20 ms, quadrupling: a write is usually back within a few tries, and slots wait meanwhile).
+DATABASE_RETRY = Backoff(0.5, cap=10.0)
+FINISH_RETRY = Backoff(0.02, cap=5.0, factor=4.0)
 
 
 def new_worker_id() -> str:
@@ -213,7 +218,7 @@ class Daemon:
                 self._full_scan = True
                 if failures == 1:
                     log.warning("daemon_database_error", error=error_text(exc))
-                timeout = min(0.25 * 2**failures, 10.0)
+                timeout = DATABASE_RETRY.delay(failures)
             if not self.running and self._spare:
                 await self._release_spare_connections()
             with contextlib.suppress(TimeoutError):
@@ -541,7 +546,7 @@ class Daemon:
             failures += 1
             if failures == 1 and not isinstance(error, asyncpg.UniqueViolationError):
                 log.warning("finish_write_failed_retrying", error=error_text(error), outcomes=len(batch))
-            pause = min(0.005 * 4**failures, 5.0)
+            pause = FINISH_RETRY.delay(failures)
             if deadline is not None and asyncio.get_running_loop().time() + pause > deadline:
                 log.warning("finish_write_given_up", error=error_text(error), outcomes=len(batch))
                 break

@@ -31,7 +31,7 @@ async def test_one_empty_notify_per_transaction_never_one_per_row(dsn: str, db: 
             tasks = [r["id"] for r in await db.fetch(
                 "INSERT INTO datesync.task (batch_id, source, day, max_attempts) "
                 "SELECT id, source, start_date, 3 FROM datesync.batch ORDER BY id RETURNING id")]
-            await db.execute(q("event_insert_tasks"), tasks)  # three events, one statement
+            await db.execute(q("event_log_tasks"), tasks)  # three events, one statement
             await db.execute(q("event_insert_batch"), ids[0], "running", {"days": 1})
         assert await db.fetchval("SELECT count(*) FROM datesync.event") == 7
         await wait_for(lambda: asyncio.sleep(0, result=bool(got)))

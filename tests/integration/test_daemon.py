@@ -159,7 +159,7 @@ async def test_a_ten_year_batch_expands_in_one_statement(db: asyncpg.Connection)
     await db.execute(q("batch_insert"), "default", D(2015, 1, 1), D(2015, 1, 1) + datetime.timedelta(days=3659),
                      False, None, "test")
     async with db.transaction():
-        row = await db.fetchrow(q("batch_expand_next"), 3)
+        row = await db.fetchrow(q("batch_expand"), 3)
     # One statement made every task; its speed is measured by `datesync bench` (expand_3660_ms), not here.
     assert row is not None and row["tasks"] == 3660
     days = await db.fetchrow("SELECT min(day), max(day), count(DISTINCT day) FROM datesync.task")

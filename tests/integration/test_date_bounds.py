@@ -134,7 +134,7 @@ async def test_the_migration_applies_over_rows_it_would_refuse(old_rows: OldRows
         # Those tasks stay failed: neither a hand edit nor a retry makes one runnable again.
         with pytest.raises(asyncpg.CheckViolationError, match="day must not be before 1000-01-01"):
             await conn.execute("UPDATE datesync.task SET state = 'queued', finished_at = NULL, error = NULL")
-        assert await conn.fetchrow(q("batch_retry"), old_rows.claimed_early) is None
+        assert await conn.fetchrow(q("batch_requeue_failed"), old_rows.claimed_early) is None
         # The new rule holds from now on.
         with pytest.raises(asyncpg.CheckViolationError, match="start_date must not be before 1000-01-01"):
             await conn.execute("INSERT INTO datesync.batch (start_date, end_date) VALUES ('0001-01-01', '0001-01-01')")

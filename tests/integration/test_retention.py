@@ -56,7 +56,7 @@ async def test_an_old_finished_batch_loses_tasks_and_events_and_keeps_its_counts
         await wait_batch_final(db, recent)
     # Unfinished batches are never touched: one queued, one running (expanded, its dates queued).
     running = await insert(db, "2025-12-01", "2025-12-02")
-    await db.fetchrow(q("batch_expand_next"), 3)
+    await db.fetchrow(q("batch_expand"), 3)
     queued = await insert(db, "2025-12-05", "2025-12-06")
     await backdate(db, [old], days=31)
     await backdate(db, [recent], days=29)
@@ -102,7 +102,7 @@ async def test_an_old_finished_batch_loses_tasks_and_events_and_keeps_its_counts
     # The counting trigger kept the pruned batch's counts: only it differs from a count of its (no) tasks.
     assert [r["id"] for r in await counts_mismatch(db)] == [old]
     # A retry of the pruned batch has nothing to requeue; its row stays final.
-    assert await db.fetchrow(q("batch_retry"), old) is None
+    assert await db.fetchrow(q("batch_requeue_failed"), old) is None
 
 
 async def test_two_pruners_beside_a_working_daemon_share_the_work_without_errors_or_double_counting(
@@ -201,7 +201,7 @@ async def _logged(proc: object, event: str) -> dict[str, object] | None:
 
 async def test_a_hand_delete_of_tasks_still_takes_them_out_of_the_counts(db: asyncpg.Connection) -> None:
     batch_id = await insert(db, "2025-09-01", "2025-09-03")
-    await db.fetchrow(q("batch_expand_next"), 3)
+    await db.fetchrow(q("batch_expand"), 3)
     assert (await footprint(db, batch_id))["queued"] == 3
     await db.execute("DELETE FROM datesync.task WHERE batch_id = $1 AND day = '2025-09-01'", batch_id)
     assert (await footprint(db, batch_id))["queued"] == 2, "only the pruner's deletes leave the counts alone"

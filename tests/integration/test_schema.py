@@ -101,7 +101,7 @@ async def test_a_good_insert_notifies_and_logs_its_first_event(db: asyncpg.Conne
 
 async def test_states_and_transitions_are_enforced(db: asyncpg.Connection) -> None:
     batch_id = await db.fetchval(q("batch_insert"), "default", YESTERDAY, YESTERDAY, False, None, "test")
-    await db.fetchrow(q("batch_expand_next"), 3)
+    await db.fetchrow(q("batch_expand"), 3)
     task_id = await db.fetchval("SELECT id FROM datesync.task WHERE batch_id = $1", batch_id)
     # A running task must hold a lease.
     with pytest.raises(asyncpg.CheckViolationError, match="task_lease_iff_running"):
@@ -122,7 +122,7 @@ async def test_one_running_sync_per_source_and_day(db: asyncpg.Connection) -> No
     day = YESTERDAY
     for _ in range(2):
         await db.execute(q("batch_insert"), "default", day, day, True, None, "test")
-        await db.fetchrow(q("batch_expand_next"), 3)
+        await db.fetchrow(q("batch_expand"), 3)
     ids = [r["id"] for r in await db.fetch("SELECT id FROM datesync.task ORDER BY id")]
     lease = "UPDATE datesync.task SET state = 'running', lease_owner = 'w', lease_expires_at = now() WHERE id = $1"
     await db.execute(lease, ids[0])

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import asyncpg
 import structlog
 
+from datesync.daemon.backoff import Backoff
 from datesync.daemon.db.connect import DB_ERRORS
 from datesync.daemon.db.queries import q
 from datesync.daemon.listener import Listener
@@ -27,6 +28,10 @@ from datesync.daemon.settings import Settings
 log = structlog.get_logger("datesync.web.events")
 
 EVENT_CHANNEL = "datesync_event"
+
+
+# Waits while the database fails the hub's reads; clients keep their streams meanwhile.
+READ_RETRY = Backoff(0.5, cap=10.0)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -238,7 +243,7 @@ class Hub:
                 failures += 1
                 if failures == 1:
                     log.warning("sse_hub_read_failed", error=f"{type(exc).__name__}: {exc}")
-                timeout = min(0.25 * 2**failures, 10.0)
+                timeout = READ_RETRY.delay(failures)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()

@@ -6,7 +6,7 @@ INSERT INTO datesync.batch (source, start_date, end_date, force, idempotency_key
 VALUES ($1, $2, $3, $4, $5, $6)
 RETURNING id, source, start_date, end_date, force, state, days, created_at;
 
--- name: batch_expand_next
+-- name: batch_expand
 -- Move the oldest queued batch to running, with one task per date and its "running" event, in one statement
 -- (datesync.batch_expand); no row when there is none, or when the oldest one was refused (see batch_expand_claim).
 SELECT * FROM datesync.batch_expand($1);
@@ -22,7 +22,7 @@ SELECT * FROM datesync.batch_expand_claim($1, $2, $3, $4, $5::text[]);
 SELECT id, state FROM datesync.batch
 WHERE cancel_requested AND state IN ('queued', 'running');
 
--- name: batch_cancel_queued
+-- name: batch_cancel_unexpanded
 -- Cancel a batch that was never expanded (datesync.batch_cancel_unexpanded).
 SELECT * FROM datesync.batch_cancel_unexpanded($1) AS id;
 
@@ -32,7 +32,7 @@ UPDATE datesync.batch SET cancel_requested = true
 WHERE id = $1 AND state IN ('queued', 'running')
 RETURNING id, state;
 
--- name: batch_finalize
+-- name: batch_end_settled
 -- End the given running batches that have nothing queued or running, logging their final event.
 SELECT * FROM datesync.batch_end_settled($1::bigint[]);
 
@@ -40,7 +40,7 @@ SELECT * FROM datesync.batch_end_settled($1::bigint[]);
 -- Running batches, for the catch-up scan that finalizes any a crashed daemon left behind.
 SELECT id FROM datesync.batch WHERE state = 'running';
 
--- name: batch_retry
+-- name: batch_requeue_failed
 -- Requeue a finished batch's failed (and, for a cancelled batch, cancelled) dates (datesync.batch_requeue_failed);
 -- no row when there is nothing to retry.
 SELECT * FROM datesync.batch_requeue_failed($1);

@@ -1,7 +1,7 @@
 -- The progress log. Insert events last in a transaction: the insert takes the lock that keeps ids in commit
 -- order (see datesync.event_serialize), and it is held until commit.
 
--- name: event_insert_tasks
+-- name: event_log_tasks
 -- One event per task just moved by this transaction (ids $1), written by the same function as the hot path's.
 SELECT datesync.event_log_tasks(ARRAY(SELECT t FROM datesync.task t WHERE t.id = ANY($1::bigint[])));
 

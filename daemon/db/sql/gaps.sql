@@ -15,7 +15,3 @@ SELECT day, status, min(day) OVER w AS range_start, max(day) OVER w AS range_end
 FROM island
 WINDOW w AS (PARTITION BY grp)
 ORDER BY day;
-
--- name: source_exists
--- Whether a source is registered (configured by some daemon).
-SELECT EXISTS (SELECT 1 FROM datesync.source WHERE name = $1);
