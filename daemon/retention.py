@@ -51,31 +51,24 @@ class Pruned:
 RETRY = Backoff(2.0, cap=300.0)
 
 
+@dataclasses.dataclass(eq=False)
 class Retention:
-    """The pruner of one daemon; `prune_batches` is the loop the daemon supervises."""
+    """The pruner of one daemon; `prune_batches` is the loop the daemon supervises. `may_sleep`: the database may
+    suspend when idle, so passes after the first wait until `awake()` (this daemon has work, which keeps the
+    database awake anyway)."""
 
-    def __init__(
-        self,
-        pool: asyncpg.Pool,
-        days: int,
-        *,
-        may_sleep: bool = False,
-        awake: Callable[[], bool] = lambda: True,
-        interval: float = INTERVAL,
-        step_rows: int = STEP_ROWS,
-        awake_check: float = AWAKE_CHECK,
-    ) -> None:
-        """`may_sleep`: the database may suspend when idle, so passes after the first wait until `awake()` (this
-        daemon has work, which keeps the database awake anyway)."""
-        if days < 1:
+    pool: asyncpg.Pool
+    days: int
+    _: dataclasses.KW_ONLY
+    may_sleep: bool = False
+    awake: Callable[[], bool] = lambda: True
+    interval: float = INTERVAL
+    step_rows: int = STEP_ROWS
+    awake_check: float = AWAKE_CHECK
+
+    def __post_init__(self) -> None:
+        if self.days < 1:
             raise ValueError("retention needs at least 1 day (0 keeps everything: run no pruner)")
-        self.pool = pool
-        self.days = days
-        self.may_sleep = may_sleep
-        self.awake = awake
-        self.interval = interval
-        self.step_rows = step_rows
-        self.awake_check = awake_check
 
     async def prune_once(self) -> Pruned:
         """Prune every batch that finished more than `days` ago (by the database's clock); a transaction a step."""

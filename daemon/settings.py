@@ -192,12 +192,17 @@ def _database_url(r: _Reader, name: str) -> str | None:
     return raw
 
 
+def _number(raw: str, convert: Callable[[str], T], expected: str) -> T:
+    """`convert(raw)`, its ValueError replaced by one that says what was expected (not Python's wording)."""
+    try:
+        return convert(raw)
+    except ValueError:
+        raise ValueError(expected) from None
+
+
 def _int_between(low: int, high: int) -> Callable[[str], int]:
     def convert(raw: str) -> int:
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ValueError("expected a whole number") from None
+        value = _number(raw, int, "expected a whole number")
         if not low <= value <= high:
             raise ValueError(f"expected a whole number from {low} to {high}")
         return value
@@ -206,20 +211,14 @@ def _int_between(low: int, high: int) -> Callable[[str], int]:
 
 
 def _retention(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError("expected a whole number of days (0 keeps everything)") from None
+    value = _number(raw, int, "expected a whole number of days (0 keeps everything)")
     if not 0 <= value <= 36_600:
         raise ValueError("expected a whole number of days from 0 (keep everything) to 36600")
     return value
 
 
 def _float(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError("expected a number of seconds") from None
+    value = _number(raw, float, "expected a number of seconds")
     if value != value or value in (float("inf"), float("-inf")):
         raise ValueError("expected a finite number of seconds")
     return value

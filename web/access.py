@@ -8,31 +8,22 @@ import logging
 import time
 
 import structlog
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
+
+from datesync.web.asgi import HttpMiddleware, WatchedSend
 
 log = structlog.get_logger("datesync.web.access")
 
 
-class AccessLog:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+class AccessLog(HttpMiddleware):
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        status = 500  # what the client gets if the app fails before answering
-
-        async def record(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        watched = WatchedSend(send)
         try:
-            await self.app(scope, receive, record)
+            await self.app(scope, receive, watched)
         finally:
+            # 500 is what the client gets if the app fails before answering
+            status = 500 if watched.start is None else watched.start["status"]
             level = logging.DEBUG if 200 <= status < 300 else logging.INFO
             log.log(level, "http_request", method=scope["method"], path=scope["path"], status=status,
                     ms=round((time.perf_counter() - started) * 1000, 1), client=(scope.get("client") or ("",))[0])

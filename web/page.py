@@ -13,7 +13,9 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
+
+from datesync.web.asgi import HttpMiddleware, WatchedSend
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -30,26 +32,18 @@ SECURITY_HEADERS = {
 }
 
 
-class SecurityHeaders:
+class SecurityHeaders(HttpMiddleware):
     """Add SECURITY_HEADERS to every HTTP answer that does not set its own. Harmless on JSON and event
     streams, and it leaves no route (a static HTML file, an error page) to forget them."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, WatchedSend(send, on_start=add_security_headers))
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
 
-        async def with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in SECURITY_HEADERS.items():
-                    headers.setdefault(name, value)
-            await send(message)
-
-        await self.app(scope, receive, with_headers)
+def add_security_headers(start: Message) -> None:
+    headers = MutableHeaders(scope=start)
+    for name, value in SECURITY_HEADERS.items():
+        headers.setdefault(name, value)
 
 
 async def index(request: Request) -> Response:

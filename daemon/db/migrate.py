@@ -1,10 +1,10 @@
 """Migrations: numbered SQL files applied once each, in order, then the repeatable function files.
 
 Versioned files (`migrations/NNNN_name.sql`) hold DDL and data changes; once released they never change, and
-their numbers run without gaps. Function and trigger bodies live in `functions/*.sql`, one current definition
-each (CREATE OR REPLACE): a file is re-applied whenever its checksum differs from the one recorded, after the
-versioned migrations and in file-name order, like Flyway's repeatable migrations. Everything runs under one
-session-level advisory lock, each file in its own transaction.
+their numbers run without gaps. View, function and trigger bodies live in `functions/*.sql`, one current
+definition each (CREATE OR REPLACE): a file is re-applied whenever its checksum differs from the one recorded,
+after the versioned migrations and in file-name order, like Flyway's repeatable migrations. Everything runs
+under one session-level advisory lock, each file in its own transaction.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ was down is caught up; older missed days are the look-back's job.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 from collections.abc import Callable, Iterable, Sequence
 from zoneinfo import ZoneInfo
@@ -65,32 +66,26 @@ def contiguous_ranges(days: Iterable[datetime.date]) -> list[tuple[datetime.date
     return ranges
 
 
+@dataclasses.dataclass(eq=False)
 class Schedule:
-    """The schedule of one daemon; `daily_schedule` is the loop the daemon supervises."""
+    """The schedule of one daemon; `daily_schedule` is the loop the daemon supervises. `clock` returns an aware
+    datetime (injected in tests); the loop re-reads it at least every `poll` seconds, so a clock that jumps (a
+    test, a suspended laptop) is noticed."""
 
-    def __init__(
-        self,
-        pool: asyncpg.Pool,
-        sources: Sequence[str],
-        at: datetime.time,
-        tz: ZoneInfo,
-        *,
-        lookback: int = 0,
-        worker: str = "",
-        clock: Clock = utc_now,
-        poll: float = 60.0,
-    ) -> None:
-        """`clock` returns an aware datetime (injected in tests); the loop re-reads it at least every `poll`
-        seconds, so a clock that jumps (a test, a suspended laptop) is noticed."""
-        self.pool = pool
-        self.sources = list(sources)
-        self.at = at
-        self.tz = tz
-        self.lookback = lookback
-        self.worker = worker
-        self.clock = clock
-        self.poll = poll
-        self._served: dict[str, datetime.date] = {}  # the latest day this process saw served, per source
+    pool: asyncpg.Pool
+    sources: Sequence[str]  # kept as a list of its own
+    at: datetime.time
+    tz: ZoneInfo
+    _: dataclasses.KW_ONLY
+    lookback: int = 0
+    worker: str = ""
+    clock: Clock = utc_now
+    poll: float = 60.0
+    # The latest day this process saw served, per source.
+    _served: dict[str, datetime.date] = dataclasses.field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.sources = list(self.sources)
 
     async def run_due(self) -> list[int]:
         """Serve the most recent slot for every source not yet served; returns the ids of batches created here."""

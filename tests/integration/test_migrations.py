@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DB = ROOT / "daemon" / "db"
 CREATE_FUNCTION = re.compile(r"^CREATE (?:OR REPLACE )?FUNCTION datesync\.([a-z_]+)\(", re.MULTILINE)
 CREATE_TRIGGER = re.compile(r"^CREATE (?:OR REPLACE )?TRIGGER ([a-z_]+)", re.MULTILINE)
+CREATE_VIEW = re.compile(r"^CREATE (?:OR REPLACE )?VIEW datesync\.([a-z_]+)", re.MULTILINE)
 
 
 def test_migration_numbers_run_without_gaps() -> None:
@@ -41,10 +42,13 @@ async def test_every_function_and_trigger_has_exactly_one_home(db: asyncpg.Conne
         "SELECT t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n "
         "ON n.oid = c.relnamespace WHERE n.nspname = 'datesync' AND NOT t.tgisinternal")]
     assert sorted(CREATE_TRIGGER.findall(functions)) == sorted(triggers)
+    views = [r["viewname"] for r in await db.fetch("SELECT viewname FROM pg_views WHERE schemaname = 'datesync'")]
+    assert sorted(CREATE_VIEW.findall(functions)) == sorted(views), "each view once in daemon/db/functions"
     for m in available():
         if m.version > FROZEN_THROUGH:
             assert not CREATE_FUNCTION.search(m.sql), f"{m.version:04d}_{m.name}.sql defines a function"
             assert not CREATE_TRIGGER.search(m.sql), f"{m.version:04d}_{m.name}.sql defines a trigger"
+            assert not CREATE_VIEW.search(m.sql), f"{m.version:04d}_{m.name}.sql defines a view"
 
 
 async def test_a_changed_function_file_is_applied_again(db: asyncpg.Connection) -> None:

@@ -10,12 +10,13 @@ import structlog
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from datesync.daemon.db.connect import CONNECT_ERRORS
 from datesync.daemon.ops.messages import Lang, preferred
 from datesync.daemon.ops.problems import Msg, OperationError
 from datesync.web.api.envelope import failure
+from datesync.web.asgi import HttpMiddleware, WatchedSend
 
 log = structlog.get_logger("datesync.web")
 
@@ -44,32 +45,19 @@ EXCEPTION_HANDLERS: dict[Any, Callable[[Request, Exception], Any]] = {
 }
 
 
-class Guard:
+class Guard(HttpMiddleware):
     """Last resort for exceptions no handler took: log them, answer 503 (database unreachable) or 500."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def tracked(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        watched = WatchedSend(send)
         try:
-            await self.app(scope, receive, tracked)
+            await self.app(scope, receive, watched)
         except ClientDisconnect:
             # The client went away while sending its body: nobody to answer, and nothing went wrong here.
             log.info("api_client_disconnected", method=scope.get("method"), path=scope.get("path"))
         except Exception as exc:
             log.error("api_unhandled_error", method=scope.get("method"), path=scope.get("path"), exc_info=exc)
-            if started:  # a stream broke mid-way: nothing can be sent any more
+            if watched.start is not None:  # a stream broke mid-way: nothing can be sent any more
                 raise
             status, key = (503, "database_unavailable") if isinstance(exc, CONNECT_ERRORS) else (500, "internal_error")
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}

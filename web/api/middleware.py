@@ -15,6 +15,7 @@ from datesync.daemon.ops.problems import OperationError, problem, shown
 from datesync.daemon.settings import Settings
 from datesync.web.api.envelope import failure
 from datesync.web.api.errors import Guard
+from datesync.web.asgi import HttpMiddleware
 
 MAX_BODY = 64 * 1024
 CORS_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", "Accept-Language"]
@@ -24,18 +25,15 @@ def too_large(limit: int) -> OperationError:
     return OperationError(413, [problem("body", "body_too_large", limit=limit)])
 
 
-class BodyLimit:
+class BodyLimit(HttpMiddleware):
     """Refuse a body over `limit` bytes with 413: at once from Content-Length, or while a chunked one streams
     in (the OperationError raised from receive() reaches the API's exception handler)."""
 
     def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
-        self.app = app
+        super().__init__(app)
         self.limit = limit
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.limit:

@@ -103,6 +103,16 @@ LANGUAGE sql AS $$
                                        p_sources);
 $$;
 
+-- The state a settled batch (nothing queued or running) ends in; task_finish and batch_end_settled end batches.
+-- A one-expression SQL function: the planner inlines it into the statement that calls it, so it costs the hot
+-- path no call.
+CREATE OR REPLACE FUNCTION datesync.batch_end_state(p_cancel_requested boolean, p_failed integer)
+RETURNS datesync.batch_state LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN p_cancel_requested THEN 'cancelled'
+                WHEN p_failed > 0 THEN 'failed'
+                ELSE 'succeeded' END::datesync.batch_state;
+$$;
+
 -- The hot path, one round trip and one commit: record the outcomes of attempts run by p_worker (succeeded,
 -- failed for good, queued for a retry after p_retry_in seconds, cancelled), hand back p_released (shutdown: queued
 -- at once, the attempt not counted), and claim up to p_claim_limit new dates for the slots they free. Three
@@ -243,10 +253,7 @@ BEGIN
     PERFORM set_config('datesync.engine', 'on', true);
     WITH e AS (
         UPDATE datesync.batch b
-        SET state = CASE WHEN b.cancel_requested THEN 'cancelled'
-                         WHEN b.failed > 0 THEN 'failed'
-                         ELSE 'succeeded' END::datesync.batch_state,
-            finished_at = now()
+        SET state = datesync.batch_end_state(b.cancel_requested, b.failed), finished_at = now()
         WHERE b.id IN (SELECT c.batch_id FROM unnest(changed || claimed) c WHERE c.state NOT IN ('running', 'queued'))
           AND b.state = 'running' AND b.queued = 0 AND b.running = 0
         RETURNING b.*

@@ -168,10 +168,7 @@ BEGIN
     PERFORM datesync.engine_on();
     WITH e AS (
         UPDATE datesync.batch b
-        SET state = CASE WHEN b.cancel_requested THEN 'cancelled'
-                         WHEN b.failed > 0 THEN 'failed'
-                         ELSE 'succeeded' END::datesync.batch_state,
-            finished_at = now()
+        SET state = datesync.batch_end_state(b.cancel_requested, b.failed), finished_at = now()
         WHERE b.id IN (SELECT x.id FROM datesync.batch x
                        WHERE x.id = ANY(p_ids) AND x.state = 'running' AND x.queued = 0 AND x.running = 0
                        ORDER BY x.id FOR UPDATE SKIP LOCKED)

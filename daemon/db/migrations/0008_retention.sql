@@ -4,7 +4,8 @@
 -- saw it still gets 204), every day row (the ledger: what is synced, and why a date failed), and the
 -- Idempotency-Keys that named it (a retried request keeps answering with the same, now pruned, batch).
 -- This file holds the tables; the functions (datesync.batch_prune_step, and task_count_delete, which leaves a
--- pruned batch's counts alone) are in functions/60_retention.sql and functions/40_task.sql.
+-- pruned batch's counts alone) are in functions/60_retention.sql and functions/40_task.sql; batch_progress shows
+-- pruned_at through functions/05_views.sql.
 
 -- When retention removed the batch's tasks and events; NULL while they are kept. Never set by the API.
 ALTER TABLE datesync.batch ADD COLUMN pruned_at timestamptz;
@@ -20,26 +21,3 @@ CREATE TABLE datesync.retention (
     updated_at            timestamptz NOT NULL DEFAULT now()
 );
 INSERT INTO datesync.retention DEFAULT VALUES;
-
--- batch_progress shows pruned_at too (added at the end: CREATE OR REPLACE VIEW may only append columns).
-CREATE OR REPLACE VIEW datesync.batch_progress AS
-SELECT b.id AS batch_id,
-       b.source,
-       b.start_date,
-       b.end_date,
-       b.force,
-       b.state,
-       b.cancel_requested,
-       b.days,
-       CASE WHEN b.state = 'queued' THEN b.days ELSE b.queued END AS queued,
-       b.running,
-       b.succeeded,
-       b.failed,
-       b.skipped,
-       b.cancelled,
-       b.succeeded + b.failed + b.skipped + b.cancelled AS done,
-       b.created_at,
-       b.started_at,
-       b.finished_at,
-       b.pruned_at
-FROM datesync.batch b;
