@@ -313,7 +313,8 @@ def gaps(
     out.print(f"{len(found.days)} of {span} dates of {source} are missing or failed, "
               f"in {ranges} range{'s' if ranges > 1 else ''}")
     for b in found.requested:
-        out.print(f"batch {b['id']}: {b['start_date']}..{b['end_date']} ({b['days']} days) requested")
+        days = f"{b['days']} day{'s' if b['days'] != 1 else ''}"
+        out.print(f"batch {b['id']}: {b['start_date']}..{b['end_date']} ({days}) requested")
 
 
 @app.command()
