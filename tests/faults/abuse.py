@@ -20,8 +20,8 @@ import psutil
 from tests.faults import corpus, invariants
 from tests.faults.common import Figures, Scale, day, insert_batch, open_conn, wait_all_final
 from tests.faults.dbs import DedicatedServer
+from tests.faults.harness import daemon_fleet, settle
 from tests.faults.procs import Fleet, Proc, free_port, spawn_web
-from tests.faults.scenarios import daemon_fleet, settle
 
 API = corpus.PREFIX
 

@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import random
 import time
 
 import asyncpg
 
 from tests.faults import invariants
-from tests.faults.common import Figures, Scale, day, insert_batch, open_conn, running_tasks, wait_all_final, wait_until
-from tests.faults.dbs import DedicatedServer, fresh_database
+from tests.faults.common import Figures, Scale, day, insert_batch, running_tasks, wait_all_final, wait_until
+from tests.faults.dbs import DedicatedServer
 from tests.faults.edges import BASIC
+from tests.faults.harness import scenario
 from tests.faults.procs import Fleet
-from tests.faults.scenarios import daemon_fleet, settle
 
 EDGE_HANDLERS = {  # source -> (handler in tests.faults.edges, final state, start of the error)
     "nul": ("nul_error", "failed", "RuntimeError: xy"),
@@ -41,37 +40,27 @@ async def handler_edges(dsn: str, seed: int, scale: Scale) -> Figures:
     clean error, the counts are exact, both daemons stay up. Then a daemon with a long timeout is stopped while
     blocking and swallowing handlers run: it exits within the grace plus a few seconds and hands their dates back
     uncounted; a last daemon ends them."""
-    started = time.monotonic()
-    fig = Figures("handler_edges", seed)
-    sources = ",".join(f"{name}=tests.faults.edges:{fn}" for name, (fn, _, _) in EDGE_HANDLERS.items())
-    env = {"DATESYNC_SOURCES": sources, "DATESYNC_TASK_TIMEOUT": "2", "DATESYNC_LEASE": "2",
-           "DATESYNC_MAX_ATTEMPTS": "2", "DATESYNC_CONCURRENCY": "6", "DATESYNC_SHUTDOWN_GRACE": str(GRACE_S),
-           "DATESYNC_EDGE_SLEEP_S": "20"}
-    n = scale.handler_dates
-    conn = await open_conn(dsn)
-    try:
-        async with daemon_fleet(dsn, env) as fleet:
-            for _ in range(2):
-                await fleet.spawn().wait_log("daemon_started")
-            for i, source in enumerate(EDGE_HANDLERS):
-                await insert_batch(conn, day(SPACING * i), day(SPACING * i + n - 1), source=source)
-            await wait_all_final(dsn, 90)
-            for proc in fleet.procs:
-                if not proc.alive():
-                    fig.problems.append(f"daemon {proc.pid} died: {proc.log_text()[-2000:]}")
-            await _check_edges(conn, fig)
-            await fleet.stop()
-            await _sigterm_under_stuck_handlers(conn, fleet, fig, n)
-            failing = {day(SPACING * i + k) for i, (_, state, _) in enumerate(EDGE_HANDLERS.values())
-                       if state == "failed" for k in range(n)}
-            failing |= {start + datetime.timedelta(days=k) for start, _ in stuck_batches(n).values()
-                        for k in range(n)}
-            await settle(fig, conn, fleet, invariants.Rules(max_attempts=2, fail_dates=frozenset(failing),
-                                                             demo_rows=False))
-    finally:
-        await conn.close()
-    fig.seconds = time.monotonic() - started
-    return fig
+    async with scenario("handler_edges", seed, dsn) as s:
+        fig, conn = s.fig, s.conn
+        sources = ",".join(f"{name}=tests.faults.edges:{fn}" for name, (fn, _, _) in EDGE_HANDLERS.items())
+        fleet = await s.fleet({"DATESYNC_SOURCES": sources, "DATESYNC_TASK_TIMEOUT": "2", "DATESYNC_LEASE": "2",
+                               "DATESYNC_MAX_ATTEMPTS": "2", "DATESYNC_CONCURRENCY": "6",
+                               "DATESYNC_SHUTDOWN_GRACE": str(GRACE_S), "DATESYNC_EDGE_SLEEP_S": "20"})
+        n = scale.handler_dates
+        for _ in range(2):
+            await fleet.spawn().wait_log("daemon_started")
+        for i, source in enumerate(EDGE_HANDLERS):
+            await insert_batch(conn, day(SPACING * i), day(SPACING * i + n - 1), source=source)
+        await wait_all_final(dsn, 90)
+        s.check_alive(fleet)
+        await _check_edges(conn, fig)
+        await fleet.stop()
+        await _sigterm_under_stuck_handlers(conn, fleet, fig, n)
+        failing = {day(SPACING * i + k) for i, (_, state, _) in enumerate(EDGE_HANDLERS.values())
+                   if state == "failed" for k in range(n)}
+        failing |= {start + datetime.timedelta(days=k) for start, _ in stuck_batches(n).values() for k in range(n)}
+        return await s.settle(fleet, invariants.Rules(max_attempts=2, fail_dates=frozenset(failing),
+                                                      demo_rows=False))
 
 
 async def _check_edges(conn: asyncpg.Connection, fig: Figures) -> None:
@@ -125,41 +114,31 @@ async def restart_under_running_dates(server: DedicatedServer, seed: int, scale:
     """PostgreSQL stopped (`-m fast` or `-m immediate`, by the seed unless given) while every slot runs a date
     that works on ctx.db: each date is handed back uncounted and succeeds at attempt 1, whichever error the cut
     surfaced as (before issue 15: InterfaceError from a pool proxy asyncpg had detached, the attempt counted)."""
-    started = time.monotonic()
-    rng = random.Random(seed)
-    mode = mode or rng.choice(["fast", "immediate"])
-    fig = Figures("restart_under_running_dates", seed)
-    env = {"DATESYNC_HANDLER": "tests.faults.edges:db_busy", "DATESYNC_CONCURRENCY": "4", "DATESYNC_LEASE": "6",
-           "DATESYNC_MAX_ATTEMPTS": "5", "DATESYNC_POLL_INTERVAL": "1",
-           "DATESYNC_EDGE_BUSY_S": f"{rng.uniform(1.0, 2.0):.2f}"}
-    async with fresh_database(server.admin_dsn) as dsn, daemon_fleet(dsn, env) as fleet:
-        conn = await open_conn(dsn)
-        try:
+    async with scenario("restart_under_running_dates", seed, server=server) as s:
+        rng, fig = s.rng, s.fig
+        mode = mode or rng.choice(["fast", "immediate"])
+        fleet = await s.fleet({"DATESYNC_HANDLER": "tests.faults.edges:db_busy", "DATESYNC_CONCURRENCY": "4",
+                               "DATESYNC_LEASE": "6", "DATESYNC_MAX_ATTEMPTS": "5", "DATESYNC_POLL_INTERVAL": "1",
+                               "DATESYNC_EDGE_BUSY_S": f"{rng.uniform(1.0, 2.0):.2f}"})
+        async with s.connection() as conn:
             await fleet.spawn().wait_log("daemon_started")
             await insert_batch(conn, day(0), day(7))
             await wait_until(lambda: _running_at_least(conn, 4), 20, "the dates did not start")
-        finally:
-            await conn.close()
         await asyncio.sleep(rng.uniform(0.0, 0.5))
         await server.restart(down_for=rng.uniform(0.3, 1.5), mode=mode)
         fig.db_restarts += 1
         try:
-            await wait_all_final(dsn, 90)
+            await wait_all_final(s.dsn, 90)
         except AssertionError as exc:
             fig.problems.append(f"-m {mode}: {exc}")
             fig.details = fleet.logs()
-            fig.seconds = time.monotonic() - started
             return fig
-        conn = await open_conn(dsn)
-        try:
+        async with s.connection() as conn:
             for row in await conn.fetch("SELECT day, state::text, attempt, error FROM datesync.task ORDER BY day"):
                 if (row["state"], row["attempt"]) != ("succeeded", 1):
                     fig.problems.append(f"-m {mode}: {row['day']}: {row['state']} at attempt {row['attempt']} "
                                         f"({row['error']})")
             if "date_sync_connection_lost" not in fleet.procs[0].log_text():
                 fig.problems.append("no date saw the cut (the restart landed between dates)")
-            await settle(fig, conn, fleet, invariants.Rules(max_attempts=5, demo_rows=False))
-        finally:
-            await conn.close()
-    fig.seconds = time.monotonic() - started
-    return fig
+            await s.settle(fleet, invariants.Rules(max_attempts=5, demo_rows=False), conn=conn)
+        return fig

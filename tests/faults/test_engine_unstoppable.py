@@ -10,9 +10,10 @@ import time
 import asyncpg
 import pytest
 
-from tests.faults import edge_scenarios, scenarios
-from tests.faults.common import SUITE, day, insert_batch, open_conn, running_tasks, wait_until
+from tests.faults import edge_scenarios
+from tests.faults.common import SUITE, day, insert_batch, running_tasks, wait_until
 from tests.faults.dbs import DedicatedServer
+from tests.faults.harness import scenario
 from tests.faults.procs import ROOT
 
 EDGE = "tests.faults.edges:"
@@ -30,27 +31,25 @@ async def test_sigterm_ends_the_process_within_the_grace_whatever_the_handlers_d
     env = {"DATESYNC_HANDLER": EDGE + handler, "DATESYNC_TASK_TIMEOUT": str(timeout),
            "DATESYNC_SHUTDOWN_GRACE": str(grace), "DATESYNC_CONCURRENCY": "2", "DATESYNC_LEASE": "3",
            "DATESYNC_MAX_ATTEMPTS": "5"}
-    conn = await open_conn(dsn)
-    try:
-        async with scenarios.daemon_fleet(dsn, env) as fleet:
-            proc = fleet.spawn()
-            await proc.wait_log("daemon_started")
-            await insert_batch(conn, day(0), day(3))
-            await wait_until(lambda: _two_running(conn), 20, "the dates did not start")
-            started = time.monotonic()
-            code = await fleet.sigterm(proc, timeout=grace + 30)
-            took = time.monotonic() - started
-            print(f"{handler} timeout={timeout} grace={grace}: exited {took:.2f}s after SIGTERM")
-            assert code == 0, proc.log_text()[-3000:]
-            assert took < grace + 10, f"the daemon took {took:.1f}s to exit after SIGTERM (grace {grace}s)"
-            held = await conn.fetch("SELECT id, state::text, attempt FROM datesync.task "
-                                    "WHERE state = 'running' OR lease_owner IS NOT NULL")
-            assert held == [], held
-            if timeout > 10:  # the dates were running at the SIGTERM: handed back, the attempt not counted
-                rows = await conn.fetch("SELECT state::text, attempt FROM datesync.task ORDER BY day")
-                assert [(r["state"], r["attempt"]) for r in rows] == [("queued", 0)] * 4
-    finally:
-        await conn.close()
+    async with scenario(f"sigterm_under_{handler}", 0, dsn) as s:
+        conn = s.conn
+        fleet = await s.fleet(env)
+        proc = fleet.spawn()
+        await proc.wait_log("daemon_started")
+        await insert_batch(conn, day(0), day(3))
+        await wait_until(lambda: _two_running(conn), 20, "the dates did not start")
+        started = time.monotonic()
+        code = await fleet.sigterm(proc, timeout=grace + 30)
+        took = time.monotonic() - started
+        print(f"{handler} timeout={timeout} grace={grace}: exited {took:.2f}s after SIGTERM")
+        assert code == 0, proc.log_text()[-3000:]
+        assert took < grace + 10, f"the daemon took {took:.1f}s to exit after SIGTERM (grace {grace}s)"
+        held = await conn.fetch("SELECT id, state::text, attempt FROM datesync.task "
+                                "WHERE state = 'running' OR lease_owner IS NOT NULL")
+        assert held == [], held
+        if timeout > 10:  # the dates were running at the SIGTERM: handed back, the attempt not counted
+            rows = await conn.fetch("SELECT state::text, attempt FROM datesync.task ORDER BY day")
+            assert [(r["state"], r["attempt"]) for r in rows] == [("queued", 0)] * 4
 
 
 async def _two_running(conn: asyncpg.Connection) -> bool:
