@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 HANDLER = '''
 import datetime
 
-import datesync.daemon  # the project's own modules, not datesync's
-import datesync.web
+import daemon  # the project's own modules, not datesync's
+import web
 
 import datesync
 
