@@ -3,6 +3,7 @@ database, and a fresh database cloned from it for each test that asks for one.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import uuid
@@ -54,9 +55,9 @@ async def template_db(server_dsn: str) -> AsyncIterator[str]:
     await admin.close()
 
 
-@pytest.fixture
-async def dsn(server_dsn: str, template_db: str) -> AsyncIterator[str]:
-    """A fresh, migrated database for this test."""
+@contextlib.asynccontextmanager
+async def _clone(server_dsn: str, template_db: str) -> AsyncIterator[str]:
+    """A database cloned from the migrated template, dropped afterwards."""
     name = f"dstest_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(server_dsn)
     try:
@@ -65,6 +66,20 @@ async def dsn(server_dsn: str, template_db: str) -> AsyncIterator[str]:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+@pytest.fixture
+async def dsn(server_dsn: str, template_db: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for this test."""
+    async with _clone(server_dsn, template_db) as cloned:
+        yield cloned
+
+
+@pytest.fixture
+async def other_dsn(server_dsn: str, template_db: str) -> AsyncIterator[str]:
+    """A second installation: another fresh, migrated database on the same server."""
+    async with _clone(server_dsn, template_db) as cloned:
+        yield cloned
 
 
 @pytest.fixture

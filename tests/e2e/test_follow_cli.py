@@ -6,14 +6,11 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from datesync.daemon.db.dsn import with_database
 from datesync.daemon.settings import Settings
 from datesync.web.events import hub_for
 from tests.support.daemons import running_daemon
@@ -102,19 +99,6 @@ def test_the_tracker_follows_a_retried_batch_to_its_last_outcome() -> None:
     t.event(ev(8, "batch", "succeeded", final=True, succeeded=2, failed=0))
     assert t.final and t.done == 2 and t.failures() == [] and t.exit_code() == 0
     assert t.rate is not None and t.rate > 0
-
-
-@pytest.fixture
-async def other_dsn(server_dsn: str, template_db: str) -> AsyncIterator[str]:
-    """A second installation: another migrated database on the same server."""
-    name = f"dsother_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-        yield with_database(server_dsn, name)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 async def _installation_with_batch_1_done(dsn: str) -> None:

@@ -170,31 +170,32 @@ def start_daemon(venv: Path, app: Path, env: dict[str, str], log: Path) -> subpr
                                 stdout=subprocess.DEVNULL, stderr=out, start_new_session=True)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-async def test_the_images_install_steps_run_a_handler_kept_in_handlers(tmp_path: Path, empty_dsn: str) -> None:
-    venv, app, env = await asyncio.to_thread(install_image, tmp_path, empty_dsn)
-    log = tmp_path / "daemon.log"
-    daemon = start_daemon(venv, app, env, log)
-    db = await asyncpg.connect(empty_dsn)
+def tail(log: Path) -> str:
+    return log.read_text()[-3000:]
+
+
+async def sync_one_date(venv: Path, cwd: Path, env: dict[str, str], dsn: str, log: Path,
+                        sources: tuple[str, ...] = ("default",)) -> list[str]:
+    """Start the installed `datesync daemon` in `cwd`, request 2024-05-01 of each source once it listens, and
+    return the batches' final states; the daemon is stopped with SIGTERM and must exit 0."""
+    daemon = start_daemon(venv, cwd, env, log)
+    db = await asyncpg.connect(dsn)
     try:
         async def listening() -> bool:
-            assert daemon.poll() is None, log.read_text()[-3000:]
+            assert daemon.poll() is None, tail(log)
             return bool(await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
                                           " AND application_name = 'datesync-daemon-listener'"))
 
         await wait_for(listening, 60)
         ids = [await db.fetchval("INSERT INTO datesync.batch (source, start_date, end_date) "
                                  "VALUES ($1, '2024-05-01', '2024-05-01') RETURNING id", source)
-               for source in ("default", "rollup")]
+               for source in sources]
 
         async def finished() -> list[str] | None:
             states = [await db.fetchval("SELECT state::text FROM datesync.batch WHERE id = $1", i) for i in ids]
             return states if all(s in ("succeeded", "failed", "cancelled") for s in states) else None
 
-        assert await wait_for(finished, 60) == ["succeeded", "succeeded"], log.read_text()
-        assert await db.fetchval("SELECT count(*) FROM datesync_example WHERE day = '2024-05-01'") == 1
-        assert await db.fetchval("SELECT runs FROM datesync_example_daily WHERE day = '2024-05-01'") == 1
+        states: list[str] = await wait_for(finished, 60)
     finally:
         await db.close()
         daemon.send_signal(signal.SIGTERM)
@@ -204,7 +205,23 @@ async def test_the_images_install_steps_run_a_handler_kept_in_handlers(tmp_path:
             if daemon.poll() is None:
                 daemon.kill()
                 daemon.wait()
-    assert daemon.returncode == 0, log.read_text()[-3000:]
+    assert daemon.returncode == 0, tail(log)
+    return states
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+async def test_the_images_install_steps_run_a_handler_kept_in_handlers(tmp_path: Path, empty_dsn: str) -> None:
+    venv, app, env = await asyncio.to_thread(install_image, tmp_path, empty_dsn)
+    log = tmp_path / "daemon.log"
+    states = await sync_one_date(venv, app, env, empty_dsn, log, ("default", "rollup"))
+    assert states == ["succeeded", "succeeded"], log.read_text()[-3000:]
+    db = await asyncpg.connect(empty_dsn)
+    try:
+        assert await db.fetchval("SELECT count(*) FROM datesync_example WHERE day = '2024-05-01'") == 1
+        assert await db.fetchval("SELECT runs FROM datesync_example_daily WHERE day = '2024-05-01'") == 1
+    finally:
+        await db.close()
 
 
 def test_the_dockerfile_passes_hadolint() -> None:

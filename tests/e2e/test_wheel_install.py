@@ -5,7 +5,6 @@ by `datesync daemon` from that project. The wheel claims the import name `datesy
 from __future__ import annotations
 
 import asyncio
-import signal
 import subprocess
 import sys
 import zipfile
@@ -14,8 +13,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.e2e.test_image_install import start_daemon
-from tests.support.waiting import wait_for
+from tests.e2e.test_image_install import sync_one_date
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,31 +66,10 @@ async def test_the_wheel_runs_a_projects_handler_beside_its_own_web_and_daemon_m
     env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path), "DATABASE_URL": dsn,
            "LOG_FORMAT": "json", "DATESYNC_HANDLER": "handlers:sync", "DATESYNC_POLL_INTERVAL": "1"}
     log = tmp_path / "daemon.log"
-    daemon = start_daemon(venv, project, env, log)
+    assert await sync_one_date(venv, project, env, dsn, log) == ["succeeded"], log.read_text()[-3000:]
     db = await asyncpg.connect(dsn)
     try:
-        async def listening() -> bool:
-            assert daemon.poll() is None, log.read_text()[-3000:]
-            return bool(await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                                          " AND application_name = 'datesync-daemon-listener'"))
-
-        await wait_for(listening, 60)
-        batch_id = await db.fetchval("INSERT INTO datesync.batch (start_date, end_date) "
-                                     "VALUES ('2024-05-01', '2024-05-01') RETURNING id")
-
-        async def finished() -> str | None:
-            state = await db.fetchval("SELECT state::text FROM datesync.batch WHERE id = $1", batch_id)
-            return state if state in ("succeeded", "failed", "cancelled") else None
-
-        assert await wait_for(finished, 60) == "succeeded", log.read_text()[-3000:]
         assert await db.fetchval("SELECT note FROM weather WHERE day = '2024-05-01'") == (
             "the project's own web module / and its own daemon module")
     finally:
         await db.close()
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.to_thread(daemon.wait, 30)
-        finally:
-            if daemon.poll() is None:
-                daemon.kill()
-                daemon.wait()
