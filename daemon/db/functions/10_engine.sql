@@ -1,4 +1,4 @@
--- The engine's mark on its own batch writes (see batch_guard_update).
+-- The engine's mark on its own batch writes (see batch_guard_update), and the wake-up every NOTIFY trigger uses.
 --
 -- The current definition of each function and trigger here: this file is re-applied (after the versioned
 -- migrations, in file-name order, under the migration lock) whenever its checksum changes. Edit it in place;
@@ -14,3 +14,12 @@ $$;
 CREATE OR REPLACE FUNCTION datesync.engine_off() RETURNS void LANGUAGE sql AS $$
     SELECT set_config('datesync.engine', '', true);
 $$;
+
+-- The wake-up triggers of every table: NOTIFY on the channel the trigger names (TG_ARGV[0]), with the row's id
+-- as payload for a row trigger and none for a statement trigger. PostgreSQL folds identical notifications per
+-- transaction, and the payload is only a hint: listeners rescan the tables.
+CREATE OR REPLACE FUNCTION datesync.notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify(TG_ARGV[0], CASE WHEN TG_LEVEL = 'ROW' THEN NEW.id::text ELSE '' END);
+    RETURN NULL;
+END $$;

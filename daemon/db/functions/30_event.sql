@@ -16,13 +16,9 @@ CREATE OR REPLACE TRIGGER event_serialize BEFORE INSERT ON datesync.event
     FOR EACH STATEMENT EXECUTE FUNCTION datesync.event_serialize();
 
 -- One tiny NOTIFY per statement (and PostgreSQL folds identical ones per transaction); readers read rows.
-CREATE OR REPLACE FUNCTION datesync.event_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('datesync_event', '');
-    RETURN NULL;
-END $$;
 CREATE OR REPLACE TRIGGER event_notify AFTER INSERT ON datesync.event
-    FOR EACH STATEMENT EXECUTE FUNCTION datesync.event_notify();
+    FOR EACH STATEMENT EXECUTE FUNCTION datesync.notify('datesync_event');
+DROP FUNCTION IF EXISTS datesync.event_notify();  -- before datesync.notify (migrations 0001..0008)
 
 -- Log one event per task row, with its batch's live counts. Call it last in a transaction (see event_serialize).
 CREATE OR REPLACE FUNCTION datesync.event_log_tasks(p_tasks datesync.task[]) RETURNS void LANGUAGE sql AS $$

@@ -88,16 +88,12 @@ CREATE OR REPLACE TRIGGER batch_guard_update BEFORE UPDATE ON datesync.batch
     FOR EACH ROW EXECUTE FUNCTION datesync.batch_guard_update();
 
 -- A new batch, or a cancel request, wakes the daemons. The payload is a hint; daemons rescan the tables.
-CREATE OR REPLACE FUNCTION datesync.batch_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('datesync_batch', NEW.id::text);
-    RETURN NULL;
-END $$;
 CREATE OR REPLACE TRIGGER batch_notify_insert AFTER INSERT ON datesync.batch
-    FOR EACH ROW EXECUTE FUNCTION datesync.batch_notify();
+    FOR EACH ROW EXECUTE FUNCTION datesync.notify('datesync_batch');
 CREATE OR REPLACE TRIGGER batch_notify_cancel AFTER UPDATE OF cancel_requested ON datesync.batch
     FOR EACH ROW WHEN (NEW.cancel_requested AND NOT OLD.cancel_requested)
-    EXECUTE FUNCTION datesync.batch_notify();
+    EXECUTE FUNCTION datesync.notify('datesync_batch');
+DROP FUNCTION IF EXISTS datesync.batch_notify();  -- before datesync.notify (migrations 0001..0008)
 
 -- Every batch, psql-inserted ones too, starts its event log with a "queued" event.
 CREATE OR REPLACE FUNCTION datesync.batch_event_queued() RETURNS trigger LANGUAGE plpgsql AS $$
