@@ -138,5 +138,11 @@ async def migrate_and_register(conn: asyncpg.Connection, settings: Settings, sou
     await migrate(conn)
     await conn.execute(q("setting_upsert"), "max_range_days", str(settings.max_range_days))
     await conn.execute(q("setting_upsert"), "timezone", settings.timezone)
-    for name, handler in sources.items():
-        await conn.execute(q("source_register"), name, handler)
+    async with conn.transaction():
+        for name, handler in sources.items():
+            await conn.execute(q("source_register"), name, handler)
+        # The graph as this daemon was configured; the sources another daemon serves keep theirs.
+        await conn.execute(q("dependency_forget"), list(sources))
+        for name, upstream in settings.after.items():
+            for up in upstream:
+                await conn.execute(q("dependency_register"), name, up.source, up.lo, up.hi)

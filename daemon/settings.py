@@ -15,6 +15,7 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from datesync.daemon import dependencies
 from datesync.daemon.db.dsn import redact
 from datesync.daemon.errors import SettingsError
 from datesync.daemon.sources import SourceSpec, configured, parse_sources
@@ -63,6 +64,8 @@ class Settings:
     max_connections: int | None = None  # None: DATESYNC_SSE_MAX_CLIENTS plus room for ordinary requests
     sse_max_clients: int = 1000  # event-stream clients per web process; more get 503
     retention_days: int = 30  # finished batches older than this lose their tasks and events; 0 keeps everything
+    # DATESYNC_<NAME>_AFTER of each source that has one: the dates of other sources its dates wait for.
+    after: Mapping[str, tuple[dependencies.Upstream, ...]] = dataclasses.field(default_factory=dict)
 
     @property
     def lets_database_sleep(self) -> bool:
@@ -148,6 +151,11 @@ class Settings:
                 f"DATESYNC_MAX_CONNECTIONS={settings.max_connections} is invalid: it must be above "
                 f"DATESYNC_SSE_MAX_CLIENTS={settings.sse_max_clients}, or the event streams take every connection"
             )
+        try:
+            after = dependencies.read_graph(env, list(settings.all_sources), settings.max_range_days)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+        settings = settings.replace(after=after)
         if settings.schedule_lookback >= settings.max_range_days:
             raise SettingsError(
                 f"DATESYNC_SCHEDULE_LOOKBACK={settings.schedule_lookback} is invalid: the look-back and yesterday "

@@ -1,4 +1,4 @@
-"""The states the database enforces (its enums, daemon/db/migrations/0001_schema.sql), mirrored for Python so that
+"""The states the database enforces (its enums, daemon/db/migrations/0001_schema.sql, 0009), mirrored for Python so that
 no state is a bare string; tests/integration/test_states.py keeps the two equal. Who moves rows in and out of each
 state is drawn in docs/state_machine.md."""
 
@@ -16,6 +16,7 @@ class BatchState(enum.StrEnum):
 
 
 class TaskState(enum.StrEnum):
+    WAITING = "waiting"  # its upstream dates (DATESYNC_<NAME>_AFTER) have not synced yet; holds no slot
     QUEUED = "queued"  # new, waiting for a retry, handed back, or its lease expired
     RUNNING = "running"  # leased by one daemon; at most one per (source, day)
     SUCCEEDED = "succeeded"  # the handler returned

@@ -226,6 +226,11 @@ def batch(
     end: Annotated[str, typer.Argument(metavar="END", help="Last date, YYYY-MM-DD (inclusive).")],
     force: Annotated[bool, typer.Option("--force", help="Re-sync dates already synced.")] = False,
     source: Annotated[str, typer.Option(help="Source to sync.")] = "default",
+    with_upstream: Annotated[bool, typer.Option("--with-upstream", help="Also request the dates of the sources "
+                                                                        "SOURCE waits for (DATESYNC_<NAME>_AFTER), "
+                                                                        "run first.")] = False,
+    cascade: Annotated[bool, typer.Option("--cascade", help="Re-run the dates of the sources built on SOURCE "
+                                                            "after it (forced).")] = False,
     follow: Annotated[bool, typer.Option("--follow", help="Show live progress until the batch ends; exit 0 only if "
                                                           "it succeeded (1 if it failed or was cancelled).")] = False,
     url: UrlOption = None,
@@ -233,7 +238,8 @@ def batch(
     """Request a backfill of START..END; prints the batch id (an identical batch still queued or running is
     returned instead, as the API does)."""
     settings = _settings_or_exit()
-    body = {"start_date": start, "end_date": end, "force": force, "source": source}
+    body = {"start_date": start, "end_date": end, "force": force, "source": source, "with_upstream": with_upstream,
+            "cascade": cascade}
     try:
         wanted = validate_batch(body, _limits(settings))
     except OperationError as exc:
@@ -246,6 +252,8 @@ def batch(
     out.print(accepted.batch["id"])
     if not accepted.created:
         err.print(escape(accepted.message.render(cli_lang())))
+    for note in accepted.notes:
+        err.print(escape(note.render(cli_lang())))
     if follow:  # exit 0 only if the batch succeeded
         raise typer.Exit(_run(lambda: follow_batch(settings, accepted.batch["id"], url, progress_console=err,
                                                    out=out)))

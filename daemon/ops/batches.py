@@ -26,6 +26,11 @@ class Accepted:
 
     batch: dict[str, Any]
     how: str  # "created" | "duplicate" | "replayed"
+    # The batches of upstream (with_upstream) and downstream (cascade) sources requested with it.
+    linked: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    # Dates that will wait for upstream dates not synced yet, and the sources those are (no with_upstream).
+    waiting: int = 0
+    waiting_for: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def created(self) -> bool:
@@ -38,9 +43,48 @@ class Accepted:
                 "duplicate": Msg("batch_duplicate", {"days": days}),
                 "replayed": Msg("batch_replayed", {"id": batch_id, "days": days})}[self.how]
 
+    @property
+    def notes(self) -> list[Msg]:
+        """What else the requester should know: dates that will wait, batches requested with this one."""
+        found = []
+        if self.waiting:
+            found.append(Msg("batch_waiting", {"waiting": self.waiting, "upstream": ", ".join(self.waiting_for)}))
+        for b in self.linked:
+            found.append(Msg(f"batch_linked_{b['role']}", {"id": b["batch_id"], "source": b["source"],
+                                                            "start": b["start_date"], "end": b["end_date"]}))
+        return found
+
 
 async def request(conn: Conn, wanted: BatchRequest, key: str | None, requested_by: str) -> Accepted:
-    """A new batch, the identical unfinished one, or the batch `key` was answered with, in one statement."""
+    """A new batch, the identical unfinished one, or the batch `key` was answered with, in one statement; with
+    the batches of its upstream or downstream sources when it asks for them."""
+    if wanted.with_upstream or wanted.cascade:
+        return await _request_linked(conn, wanted, key, requested_by)
+    accepted = await _request_one(conn, wanted, key, requested_by)
+    if accepted.created:
+        preview = await conn.fetchrow(q("batch_waiting_preview"), wanted.source, wanted.start_date, wanted.end_date)
+        if preview is not None and preview["waiting"]:
+            return dataclasses.replace(accepted, waiting=int(preview["waiting"]),
+                                       waiting_for=list(preview["upstream"]))
+    return accepted
+
+
+async def _request_linked(conn: Conn, wanted: BatchRequest, key: str | None, requested_by: str) -> Accepted:
+    try:
+        async with conn.transaction():
+            rows = await conn.fetch(q("batch_request_linked"), wanted.source, wanted.start_date, wanted.end_date,
+                                    wanted.force, key, requested_by, wanted.with_upstream, wanted.cascade)
+    except (asyncpg.CheckViolationError, asyncpg.NotNullViolationError) as exc:
+        raise _refused_by_database(exc, wanted) from exc
+    main = next(r for r in rows if r["role"] == "requested")
+    if main["outcome"] == "key_conflict":
+        raise OperationError(422, [problem("Idempotency-Key", "idempotency_key_reused", value=shown(key),
+                                           id=main["batch_id"])])
+    linked = [dict(r) for r in rows if r["role"] != "requested"]
+    return Accepted(await get(conn, main["batch_id"]), main["outcome"], linked)
+
+
+async def _request_one(conn: Conn, wanted: BatchRequest, key: str | None, requested_by: str) -> Accepted:
     try:
         # One statement, deliberately outside a transaction: see datesync.batch_request.
         row = await conn.fetchrow(q("batch_request"), wanted.source, wanted.start_date, wanted.end_date,

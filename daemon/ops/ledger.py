@@ -24,7 +24,7 @@ class Gaps:
     source: str
     first: datetime.date
     last: datetime.date
-    days: list[dict[str, Any]]  # {day, status: "missing" | "failed"}
+    days: list[dict[str, Any]]  # {day, status: "missing" | "failed" | "stale"}
     ranges: list[tuple[datetime.date, datetime.date]]  # contiguous runs of `days`
     requested: list[dict[str, Any]]  # the batches a backfill created, one per range
 
@@ -49,9 +49,12 @@ async def gaps(conn: Conn, source: str, first: datetime.date | None, last: datet
         rows = await conn.fetch(q("day_gaps"), source, first, last)
         ranges = list(dict.fromkeys((r["range_start"], r["range_end"]) for r in rows))
         if backfill:
+            stale = {r["day"] for r in rows if r["status"] == "stale"}
             for start, end in ranges:
+                # A stale date is synced: only a forced run re-syncs it (forcing a missing one changes nothing).
+                force = any(start <= day <= end for day in stale)
                 try:
-                    row = await conn.fetchrow(q("batch_insert"), source, start, end, False, None, requested_by)
+                    row = await conn.fetchrow(q("batch_insert"), source, start, end, force, None, requested_by)
                 except (asyncpg.CheckViolationError, asyncpg.NotNullViolationError) as exc:
                     raise OperationError(422, [problem(exc.detail or "body", "verbatim",
                                                        text=exc.message or "")]) from exc

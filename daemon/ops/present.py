@@ -8,10 +8,11 @@ import asyncpg
 
 BATCH_FIELDS = ("source", "start_date", "end_date", "force", "state", "cancel_requested", "days", "queued",
                 "running", "succeeded", "failed", "skipped", "cancelled", "done", "created_at", "started_at",
-                "finished_at", "pruned_at")
+                "finished_at", "pruned_at", "waiting")
 TASK_FIELDS = ("id", "day", "state", "attempt", "max_attempts", "error", "rows_synced", "run_after", "started_at",
-               "finished_at", "duration_ms")
-DAY_FIELDS = ("source", "day", "status", "attempts", "rows_synced", "error", "batch_id", "synced_at", "updated_at")
+               "finished_at", "duration_ms", "waiting_for")
+DAY_FIELDS = ("source", "day", "status", "attempts", "rows_synced", "error", "batch_id", "synced_at", "updated_at",
+              "stale_since")
 
 
 def batch(row: asyncpg.Record) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from datesync.daemon.ops.problems import FieldError, Msg, OperationError, problem, shown
 
-ALLOWED_FIELDS = ("start_date", "end_date", "force", "source", "dry_run")
+ALLOWED_FIELDS = ("start_date", "end_date", "force", "source", "dry_run", "with_upstream", "cascade")
 # Exactly YYYY-MM-DD in ASCII digits (`\d` would also take other scripts' digits).
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 # What datesync.source.name accepts; anything else cannot name a configured source.
@@ -31,6 +31,8 @@ class BatchRequest:
     force: bool = False
     source: str = "default"
     dry_run: bool = False
+    with_upstream: bool = False  # request the dates of the sources this one waits for too
+    cascade: bool = False  # re-run the dates of the sources built on this one after it (forced)
 
     @property
     def days(self) -> int:
@@ -135,13 +137,15 @@ def validate_batch(body: dict[str, Any], limits: Limits) -> BatchRequest:
     errors += [d for d in (start, end) if isinstance(d, FieldError)]
     force = _boolean(body, "force", errors)
     dry_run = _boolean(body, "dry_run", errors)
+    with_upstream = _boolean(body, "with_upstream", errors)
+    cascade = _boolean(body, "cascade", errors)
     source = _source(body, errors)
     if isinstance(start, datetime.date) and isinstance(end, datetime.date):
         errors += _range_problems(start, end, limits)
     if errors:
         raise OperationError(422, errors)
     assert isinstance(start, datetime.date) and isinstance(end, datetime.date)
-    return BatchRequest(start, end, force, source, dry_run)
+    return BatchRequest(start, end, force, source, dry_run, with_upstream, cascade)
 
 
 def _range_problems(start: datetime.date, end: datetime.date, limits: Limits) -> list[FieldError]:

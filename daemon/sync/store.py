@@ -127,6 +127,10 @@ class Store:
             await _insert_task_events(conn, rows)
         return list(rows)
 
+    async def release_ready(self) -> int:
+        async with self.pool.acquire() as conn:
+            return int(await conn.fetchval(q("task_release_ready")))
+
     async def cancel_requested(self) -> list[asyncpg.Record]:
         """Unfinished batches whose cancel was requested."""
         async with self.pool.acquire() as conn:

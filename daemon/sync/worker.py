@@ -258,7 +258,8 @@ class Daemon:
             self._analyzing = None
 
     async def _housekeep(self) -> None:
-        """The rest of the catch-up scan: cancels, expired leases, batches a crashed daemon left unfinished."""
+        """The rest of the catch-up scan: cancels, expired leases, waiting dates whose upstream dates synced unseen,
+        batches a crashed daemon left unfinished."""
         for row in await self.store.cancel_requested():
             await self.store.cancel_batch(row["id"], row["state"])
             for running in self.running.values():
@@ -267,6 +268,8 @@ class Daemon:
         for row in await self.store.requeue_expired():
             log.warning("task_lease_expired", batch_id=row["batch_id"], day=str(row["day"]), state=row["state"],
                         attempt=row["attempt"])
+        if released := await self.store.release_ready():
+            log.info("tasks_released_by_scan", tasks=released)
         await self._finalize(await self.store.running_batches())
 
     def _claimable_sources(self, freeing: frozenset[int] = frozenset()) -> tuple[list[str], int]:

@@ -57,11 +57,15 @@ SCHEMAS: dict[str, Schema] = {
     "BatchRequest": {
         **obj(["start_date", "end_date"], start_date=DATE, end_date=DATE, force={**BOOL, "default": False},
               source={**TEXT, "default": "default", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"},
-              dry_run={**BOOL, "default": False}),
+              dry_run={**BOOL, "default": False}, with_upstream={**BOOL, "default": False},
+              cascade={**BOOL, "default": False}),
         "additionalProperties": False,
     },
     "BatchAccepted": obj(batch_id=INT, days=INT, success=INT, failed=INT, skipped=INT, message=TEXT,
-                         status_url=TEXT, events_url=TEXT, deduplicated=BOOL),
+                         status_url=TEXT, events_url=TEXT, deduplicated=BOOL, waiting=INT,
+                         linked={"type": "array", "items": obj(
+                             batch_id=INT, role={"type": "string", "enum": ["upstream", "downstream"]}, source=TEXT,
+                             start_date=DATE, end_date=DATE, deduplicated=BOOL)}),
     "DryRun": obj(dry_run={"type": "boolean", "enum": [True]}, days=INT, run=INT, skip=INT, message=TEXT,
                   plan={"type": "array", "items": obj(
                       day=DATE, action={"type": "string", "enum": ["run", "skip"]},
@@ -69,14 +73,15 @@ SCHEMAS: dict[str, Schema] = {
     "Batch": obj(id=INT, source=TEXT, start_date=DATE, end_date=DATE, force=BOOL,
                  state={"type": "string", "enum": list(BATCH_STATES)}, cancel_requested=BOOL, days=INT, queued=INT,
                  running=INT, succeeded=INT, failed=INT, skipped=INT, cancelled=INT, done=INT, created_at=TIME,
-                 started_at=nullable(TIME), finished_at=nullable(TIME), pruned_at=nullable(TIME)),
+                 started_at=nullable(TIME), finished_at=nullable(TIME), pruned_at=nullable(TIME), waiting=INT),
     "Task": obj(id=INT, day=DATE, state=TEXT, attempt=INT, max_attempts=INT, error=nullable(TEXT),
                 rows_synced=nullable(INT), run_after=TIME, started_at=nullable(TIME), finished_at=nullable(TIME),
-                duration_ms=nullable(INT)),
+                duration_ms=nullable(INT), waiting_for=nullable(TEXT)),
     "Day": obj(source=TEXT, day=DATE, status={"type": "string", "enum": list(DAY_STATUSES)}, attempts=INT,
                rows_synced=nullable(INT), error=nullable(TEXT), batch_id=nullable(INT), synced_at=nullable(TIME),
-               updated_at=TIME),
-    "Cards": obj(synced=INT, failed=INT, running=INT, queued=INT, last_success_at=nullable(TIME)),
+               updated_at=TIME, stale_since=nullable(TIME)),
+    "Cards": obj(synced=INT, failed=INT, running=INT, queued=INT, last_success_at=nullable(TIME), waiting=INT,
+                 stale=INT),
 }
 
 

@@ -37,7 +37,8 @@ async def submit_batch(request: Request) -> Response:
         accepted = await batches.request(conn, wanted, key, "api")
     batch_id = accepted.batch["id"]
     if accepted.created:
-        log.info("batch_requested", batch_id=batch_id, source=wanted.source, days=wanted.days, force=wanted.force)
+        log.info("batch_requested", batch_id=batch_id, source=wanted.source, days=wanted.days, force=wanted.force,
+                 linked=[b["batch_id"] for b in accepted.linked] or None)
         if state.wake_daemon is not None:
             state.wake_daemon()  # the in-process daemon starts now, not at its next NOTIFY or poll
     # What url_for("batch_get") gives, without its search of every route (a tenth of a POST's time under load):
@@ -49,7 +50,11 @@ async def submit_batch(request: Request) -> Response:
         "success": accepted.batch["succeeded"],
         "failed": accepted.batch["failed"],
         "skipped": accepted.batch["skipped"],
-        "message": accepted.message.render(lang),
+        "message": " ".join([accepted.message.render(lang)] + [n.render(lang) + "." for n in accepted.notes]),
+        "waiting": accepted.waiting,
+        "linked": [{"batch_id": b["batch_id"], "role": b["role"], "source": b["source"],
+                    "start_date": b["start_date"].isoformat(), "end_date": b["end_date"].isoformat(),
+                    "deduplicated": b["outcome"] != "created"} for b in accepted.linked],
         "status_url": status_url,
         "events_url": status_url + "/events",
         "deduplicated": not accepted.created,

@@ -26,5 +26,6 @@ SELECT b.id AS batch_id,
        b.created_at,
        b.started_at,
        b.finished_at,
-       b.pruned_at
+       b.pruned_at,
+       b.waiting
 FROM datesync.batch b;

@@ -14,9 +14,21 @@ BEGIN
     IF NOT (
         (OLD.state = 'queued' AND NEW.state IN ('running', 'skipped', 'cancelled'))
         OR (OLD.state = 'running' AND NEW.state IN ('queued', 'succeeded', 'failed', 'cancelled'))
-        OR (OLD.state IN ('failed', 'cancelled') AND NEW.state = 'queued')  -- retry of a batch
+        OR (OLD.state IN ('failed', 'cancelled') AND NEW.state IN ('queued', 'waiting'))  -- retry of a batch
+        OR (OLD.state = 'waiting' AND NEW.state IN ('queued', 'failed', 'cancelled'))
     ) THEN
         RAISE EXCEPTION 'task % cannot move from % to %', OLD.id, OLD.state, NEW.state
+            USING ERRCODE = 'check_violation';
+    END IF;
+    -- A date built on others is released or retried only once they have synced (45_dependency.sql), whoever
+    -- does it (a hand edit too). A retry after it ran needs no check: its upstream dates had synced.
+    IF NEW.state = 'queued' AND OLD.state IN ('waiting', 'failed', 'cancelled')
+       AND EXISTS (SELECT 1 FROM datesync.dependency WHERE source = NEW.source)
+       AND EXISTS (SELECT 1 FROM datesync.upstream_pending(NEW.source, NEW.day,
+                                  (SELECT b.after_batches FROM datesync.batch b WHERE b.id = NEW.batch_id))) THEN
+        RAISE EXCEPTION 'task % of % % cannot be queued: it waits for %', OLD.id, NEW.source, NEW.day,
+            datesync.waiting_for(NEW.source, NEW.day, (SELECT b.after_batches FROM datesync.batch b
+                                                       WHERE b.id = NEW.batch_id))
             USING ERRCODE = 'check_violation';
     END IF;
     RETURN NEW;
@@ -32,8 +44,10 @@ CREATE OR REPLACE FUNCTION datesync.task_count() RETURNS trigger LANGUAGE plpgsq
 BEGIN
     IF TG_OP = 'INSERT' THEN
         PERFORM 1 FROM datesync.batch WHERE id IN (SELECT batch_id FROM new_rows) ORDER BY id FOR UPDATE;
-        UPDATE datesync.batch b SET queued = b.queued + n.c
-        FROM (SELECT batch_id, count(*) AS c FROM new_rows WHERE state = 'queued' GROUP BY batch_id) n
+        UPDATE datesync.batch b SET queued = b.queued + n.queued, waiting = b.waiting + n.waiting
+        FROM (SELECT batch_id, count(*) FILTER (WHERE state = 'queued') AS queued,
+                     count(*) FILTER (WHERE state = 'waiting') AS waiting
+              FROM new_rows GROUP BY batch_id) n
         WHERE b.id = n.batch_id;
         RETURN NULL;
     END IF;
@@ -45,10 +59,11 @@ BEGIN
         RETURN NULL;
     END IF;
     UPDATE datesync.batch b
-    SET queued = b.queued + p.queued, running = b.running + p.running,
+    SET waiting = b.waiting + p.waiting, queued = b.queued + p.queued, running = b.running + p.running,
         succeeded = b.succeeded + p.succeeded, failed = b.failed + p.failed,
         skipped = b.skipped + p.skipped, cancelled = b.cancelled + p.cancelled
     FROM (SELECT n.batch_id,
+                 count(*) FILTER (WHERE n.state = 'waiting') - count(*) FILTER (WHERE o.state = 'waiting') AS waiting,
                  count(*) FILTER (WHERE n.state = 'queued') - count(*) FILTER (WHERE o.state = 'queued') AS queued,
                  count(*) FILTER (WHERE n.state = 'running') - count(*) FILTER (WHERE o.state = 'running') AS running,
                  count(*) FILTER (WHERE n.state = 'succeeded')
@@ -78,9 +93,11 @@ BEGIN
     END IF;
     PERFORM 1 FROM datesync.batch WHERE id IN (SELECT batch_id FROM old_rows) ORDER BY id FOR UPDATE;
     UPDATE datesync.batch b
-    SET queued = b.queued - p.queued, running = b.running - p.running, succeeded = b.succeeded - p.succeeded,
-        failed = b.failed - p.failed, skipped = b.skipped - p.skipped, cancelled = b.cancelled - p.cancelled
+    SET waiting = b.waiting - p.waiting, queued = b.queued - p.queued, running = b.running - p.running,
+        succeeded = b.succeeded - p.succeeded, failed = b.failed - p.failed, skipped = b.skipped - p.skipped,
+        cancelled = b.cancelled - p.cancelled
     FROM (SELECT batch_id,
+                 count(*) FILTER (WHERE state = 'waiting') AS waiting,
                  count(*) FILTER (WHERE state = 'queued') AS queued,
                  count(*) FILTER (WHERE state = 'running') AS running,
                  count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
@@ -150,6 +167,8 @@ DECLARE
     changed datesync.task[];
     released datesync.task[];
     ended jsonb;
+    moved jsonb;
+    stale jsonb;
 BEGIN
     WITH candidate AS (
         SELECT t.id, t.source, t.day, t.force
@@ -217,12 +236,20 @@ BEGIN
             rows_synced = CASE WHEN f.state = 'succeeded' THEN f.rows_synced ELSE d.rows_synced END,
             error = CASE WHEN f.state = 'succeeded' THEN NULL ELSE coalesce(f.error, d.error) END,
             synced_at = CASE WHEN f.state = 'succeeded' THEN now() ELSE d.synced_at END,
+            stale_since = CASE WHEN f.state = 'succeeded' THEN NULL ELSE d.stale_since END,
             attempts = f.attempt, batch_id = f.batch_id, task_id = f.id, updated_at = now()
         FROM fin f
         WHERE d.source = f.source AND d.day = f.day
     )
     SELECT coalesce((SELECT array_agg(u) FROM claim u), '{}'), coalesce((SELECT array_agg(f) FROM fin f), '{}')
     INTO claimed, changed;
+    -- Dates the outcomes released or failed downstream, and days they made stale (task_after_settle).
+    moved := datesync.dependency_notes('datesync.moved');
+    stale := datesync.dependency_notes('datesync.stale');
+    IF moved <> '[]' THEN
+        changed := changed || ARRAY(SELECT t FROM datesync.task t
+                                    WHERE t.id IN (SELECT jsonb_array_elements_text(moved)::bigint) ORDER BY t.id);
+    END IF;
 
     -- A cancelled run leaves its day as it found it (or absent, if it had never been synced).
     IF EXISTS (SELECT 1 FROM unnest(changed) c WHERE c.state = 'cancelled') THEN
@@ -242,7 +269,7 @@ BEGIN
         PERFORM datesync.day_restore(array_agg(r.source), array_agg(r.day)) FROM unnest(released) r;
         changed := changed || released;
     END IF;
-    IF cardinality(claimed) + cardinality(changed) = 0 AND p_started IS NULL THEN
+    IF cardinality(claimed) + cardinality(changed) = 0 AND p_started IS NULL AND stale = '[]' THEN
         RETURN;
     END IF;
 
@@ -255,7 +282,7 @@ BEGIN
         UPDATE datesync.batch b
         SET state = datesync.batch_end_state(b.cancel_requested, b.failed), finished_at = now()
         WHERE b.id IN (SELECT c.batch_id FROM unnest(changed || claimed) c WHERE c.state NOT IN ('running', 'queued'))
-          AND b.state = 'running' AND b.queued = 0 AND b.running = 0
+          AND b.state = 'running' AND b.queued = 0 AND b.running = 0 AND b.waiting = 0
         RETURNING b.*
     ), logged AS (
         INSERT INTO datesync.event (batch_id, task_id, day, kind, state, attempt, error, data)
@@ -266,18 +293,30 @@ BEGIN
                    jsonb_build_object('days', s.days) AS data
             FROM datesync.batch s WHERE s.id = p_started
             UNION ALL
+            -- The expanded batch's dates that wait for upstream dates, with what they wait for.
+            SELECT 0, w.batch_id, w.id, w.day, 'task', 'waiting', 0, NULL,
+                   jsonb_build_object('waiting_for', datesync.waiting_for(w.source, w.day, s.after_batches))
+            FROM datesync.batch s JOIN datesync.task w ON w.batch_id = s.id AND w.state = 'waiting'
+            WHERE s.id = p_started AND s.waiting > 0
+            UNION ALL
             SELECT 1, t.batch_id, t.id, t.day, 'task', t.state::text, t.attempt, t.error,
                    jsonb_build_object('counts', jsonb_build_object(
-                       'queued', b.queued, 'running', b.running, 'succeeded', b.succeeded, 'failed', b.failed,
-                       'skipped', b.skipped, 'cancelled', b.cancelled, 'days', b.days)) AS data
+                       'waiting', b.waiting, 'queued', b.queued, 'running', b.running, 'succeeded', b.succeeded,
+                       'failed', b.failed, 'skipped', b.skipped, 'cancelled', b.cancelled, 'days', b.days)) AS data
             FROM unnest(changed || claimed) t JOIN datesync.batch b ON b.id = t.batch_id
+            UNION ALL
+            -- Days that a re-synced upstream date made stale, in the re-sync's batch.
+            SELECT 1, (x ->> 'batch_id')::bigint, NULL, (x ->> 'day')::date, 'day', 'stale', NULL, NULL,
+                   jsonb_build_object('source', x ->> 'source', 'upstream', x ->> 'upstream',
+                                      'upstream_day', x ->> 'upstream_day')
+            FROM jsonb_array_elements(stale) x
             UNION ALL
             SELECT 2, f.id, NULL, NULL, 'batch', f.state::text, NULL, NULL,
                    jsonb_build_object('final', true, 'days', f.days, 'succeeded', f.succeeded, 'failed', f.failed,
                                       'skipped', f.skipped, 'cancelled', f.cancelled)
             FROM e f
         ) x
-        ORDER BY x.part, x.batch_id, x.day
+        ORDER BY x.part, x.batch_id, x.day NULLS FIRST
     )
     SELECT jsonb_object_agg(f.id::text, f.state) INTO ended FROM e f;
     PERFORM set_config('datesync.engine', '', true);

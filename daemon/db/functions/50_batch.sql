@@ -75,10 +75,10 @@ BEGIN
     -- State, timings and counts belong to the engine: its functions run with datesync.engine = on, and the
     -- counters are kept by a trigger (one level deeper). An operator's UPDATE may set cancel_requested only.
     IF pg_trigger_depth() = 1 AND current_setting('datesync.engine', true) IS DISTINCT FROM 'on'
-       AND (NEW.state, NEW.started_at, NEW.finished_at, NEW.queued, NEW.running, NEW.succeeded, NEW.failed,
-            NEW.skipped, NEW.cancelled)
-           IS DISTINCT FROM (OLD.state, OLD.started_at, OLD.finished_at, OLD.queued, OLD.running, OLD.succeeded,
-                             OLD.failed, OLD.skipped, OLD.cancelled) THEN
+       AND (NEW.state, NEW.started_at, NEW.finished_at, NEW.waiting, NEW.queued, NEW.running, NEW.succeeded,
+            NEW.failed, NEW.skipped, NEW.cancelled, NEW.after_batches)
+           IS DISTINCT FROM (OLD.state, OLD.started_at, OLD.finished_at, OLD.waiting, OLD.queued, OLD.running,
+                             OLD.succeeded, OLD.failed, OLD.skipped, OLD.cancelled, OLD.after_batches) THEN
         RAISE EXCEPTION 'a batch''s state and counts are kept by datesync; to stop a batch, set cancel_requested'
             USING ERRCODE = 'check_violation';
     END IF;
@@ -136,7 +136,9 @@ BEGIN
     PERFORM datesync.engine_on();
     RETURN QUERY WITH t AS (
         UPDATE datesync.task t
-        SET state = 'queued', attempt = 0, run_after = now(), error = NULL, finished_at = NULL
+        SET state = CASE WHEN EXISTS (SELECT 1 FROM datesync.upstream_pending(t.source, t.day, '{}'))
+                         THEN 'waiting' ELSE 'queued' END::datesync.task_state,
+            attempt = 0, run_after = now(), error = NULL, finished_at = NULL
         WHERE t.batch_id = p_id AND t.state IN ('failed', 'cancelled')
           AND t.day BETWEEN date '1000-01-01' AND date '9999-12-31'  -- a date refused since 0007 never runs
           AND EXISTS (SELECT 1 FROM datesync.batch b WHERE b.id = p_id AND b.state IN ('failed', 'cancelled'))
@@ -167,6 +169,7 @@ BEGIN
         SET state = datesync.batch_end_state(b.cancel_requested, b.failed), finished_at = now()
         WHERE b.id IN (SELECT x.id FROM datesync.batch x
                        WHERE x.id = ANY(p_ids) AND x.state = 'running' AND x.queued = 0 AND x.running = 0
+                         AND x.waiting = 0
                        ORDER BY x.id FOR UPDATE SKIP LOCKED)
         RETURNING b.*
     )
@@ -192,8 +195,12 @@ END $$;
 -- COMMITTED each statement of a VOLATILE function takes a new snapshot, so the look-ups after the locks see every
 -- batch committed while we waited. A key is remembered with the batch it was answered with (request_key), also
 -- when the request was de-duplicated onto another batch.
+-- p_after: the batches this one must be expanded after (batch_request_linked).
+-- (Dropped first: CREATE OR REPLACE cannot add the p_after argument.)
+DROP FUNCTION IF EXISTS datesync.batch_request(text, date, date, boolean, text, text);
 CREATE OR REPLACE FUNCTION datesync.batch_request(
-    p_source text, p_start date, p_end date, p_force boolean, p_key text, p_requested_by text
+    p_source text, p_start date, p_end date, p_force boolean, p_key text, p_requested_by text,
+    p_after bigint[] DEFAULT '{}'
 ) RETURNS TABLE (batch_id bigint, days integer, outcome text) LANGUAGE plpgsql VOLATILE
 SET plan_cache_mode = force_generic_plan
 AS $$
@@ -229,10 +236,93 @@ BEGIN
     -- Last: batch_validate checks it (raising check_violation with the field in DETAIL), batch_event_queued
     -- writes its event and batch_notify wakes the daemons, all committed together.
     RETURN QUERY
-    INSERT INTO datesync.batch AS b (source, start_date, end_date, force, idempotency_key, requested_by)
-    VALUES (p_source, p_start, p_end, p_force, p_key, p_requested_by)
+    INSERT INTO datesync.batch AS b (source, start_date, end_date, force, idempotency_key, requested_by,
+                                     after_batches)
+    VALUES (p_source, p_start, p_end, p_force, p_key, p_requested_by, p_after)
     RETURNING b.id, b.days, 'created';
 END $$;
+
+-- A batch with the batches of the sources it depends on (p_with_upstream: each upstream source over the dates
+-- the range waits for, not forced, so dates already synced are skipped) and of the sources built on it
+-- (p_cascade: each downstream source, forced, over the dates built on the range), in one transaction. Each batch
+-- is expanded after the ones before it (after_batches), so a downstream date sees its upstream dates still to
+-- run, and waits for them. Ranges are cut at today. Returns every batch, the requested one with role
+-- 'requested'. A repeated Idempotency-Key answers with its batch alone, requesting nothing more.
+CREATE OR REPLACE FUNCTION datesync.batch_request_linked(
+    p_source text, p_start date, p_end date, p_force boolean, p_key text, p_requested_by text,
+    p_with_upstream boolean, p_cascade boolean
+) RETURNS TABLE (batch_id bigint, days integer, outcome text, role text, source text, start_date date,
+                 end_date date)
+LANGUAGE plpgsql VOLATILE AS $$
+#variable_conflict use_column
+DECLARE
+    r RECORD;
+    got RECORD;
+    before bigint[] := '{}';
+    -- Today as batch_validate sees it.
+    today date := (now() AT TIME ZONE coalesce((SELECT value FROM datesync.setting WHERE key = 'timezone'),
+                                                 'UTC'))::date;
+BEGIN
+    IF p_key IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock(7355610, hashtext(p_key));
+        IF EXISTS (SELECT 1 FROM datesync.request_key k WHERE k.key = p_key)
+           OR EXISTS (SELECT 1 FROM datesync.batch b WHERE b.idempotency_key = p_key) THEN
+            RETURN QUERY SELECT x.batch_id, x.days, x.outcome, 'requested', p_source, p_start, p_end
+                         FROM datesync.batch_request(p_source, p_start, p_end, p_force, p_key, p_requested_by) x;
+            RETURN;
+        END IF;
+    END IF;
+    FOR r IN
+        -- Upstream sources, furthest first; a source reached by several paths gets the union of their ranges.
+        WITH RECURSIVE up(source, start_date, end_date, depth) AS (
+            SELECT p_source, p_start, p_end, 0 WHERE p_with_upstream
+            UNION ALL
+            SELECT dep.upstream, u.start_date + dep.lo, least(u.end_date + dep.hi, today), u.depth + 1
+            FROM up u JOIN datesync.dependency dep ON dep.source = u.source
+            WHERE u.depth < 64
+        )
+        SELECT u.source, min(u.start_date) AS start_date, max(u.end_date) AS end_date, max(u.depth) AS depth
+        FROM up u WHERE u.depth > 0 GROUP BY u.source
+        HAVING min(u.start_date) <= max(u.end_date)
+        ORDER BY max(u.depth) DESC, u.source
+    LOOP
+        SELECT x.* INTO got FROM datesync.batch_request(r.source, r.start_date, r.end_date, false, NULL,
+                                                        p_requested_by, before) x;
+        RETURN QUERY SELECT got.batch_id, got.days, got.outcome, 'upstream', r.source, r.start_date, r.end_date;
+        before := before || got.batch_id;
+    END LOOP;
+    SELECT x.* INTO got FROM datesync.batch_request(p_source, p_start, p_end, p_force, p_key, p_requested_by,
+                                                    before) x;
+    RETURN QUERY SELECT got.batch_id, got.days, got.outcome, 'requested', p_source, p_start, p_end;
+    before := before || got.batch_id;
+    FOR r IN
+        WITH RECURSIVE down(source, start_date, end_date, depth) AS (
+            SELECT p_source, p_start, p_end, 0 WHERE p_cascade
+            UNION ALL
+            SELECT dep.source, d.start_date - dep.hi, least(d.end_date - dep.lo, today), d.depth + 1
+            FROM down d JOIN datesync.dependency dep ON dep.upstream = d.source
+            WHERE d.depth < 64
+        )
+        SELECT d.source, min(d.start_date) AS start_date, max(d.end_date) AS end_date, max(d.depth) AS depth
+        FROM down d WHERE d.depth > 0 GROUP BY d.source
+        HAVING min(d.start_date) <= max(d.end_date)
+        ORDER BY max(d.depth), d.source
+    LOOP
+        SELECT x.* INTO got FROM datesync.batch_request(r.source, r.start_date, r.end_date, true, NULL,
+                                                        p_requested_by, before) x;
+        RETURN QUERY SELECT got.batch_id, got.days, got.outcome, 'downstream', r.source, r.start_date, r.end_date;
+        before := before || got.batch_id;
+    END LOOP;
+END $$;
+
+-- How many dates of a range of p_source wait for upstream dates not synced yet, and which sources those are.
+CREATE OR REPLACE FUNCTION datesync.batch_waiting_preview(p_source text, p_start date, p_end date)
+RETURNS TABLE (waiting bigint, upstream text[]) LANGUAGE sql STABLE AS $$
+    SELECT count(DISTINCT g.day), coalesce(array_agg(DISTINCT p.source ORDER BY p.source), '{}')
+    FROM (SELECT d::date AS day FROM generate_series(p_start, p_end, interval '1 day') d) g
+    CROSS JOIN LATERAL datesync.upstream_pending(p_source, g.day, '{}') p
+    WHERE EXISTS (SELECT 1 FROM datesync.dependency dep WHERE dep.source = p_source);
+$$;
 
 -- Expand the oldest queued batch into one task per date and claim up to p_claim_limit dates (of any batch, the
 -- new one's first in line) for p_worker, in one transaction. Returns the claimed rows as task_finish does, then
@@ -264,6 +354,8 @@ BEGIN
     PERFORM datesync.engine_on();
     SELECT x.id, x.start_date, x.end_date INTO b FROM datesync.batch x
     WHERE x.state = 'queued' AND NOT x.cancel_requested
+      -- Not before the batches it runs after (a cascade, with_upstream): their dates must exist to be waited for.
+      AND NOT EXISTS (SELECT 1 FROM datesync.batch a WHERE a.id = ANY(x.after_batches) AND a.state = 'queued')
     ORDER BY x.id LIMIT 1 FOR UPDATE SKIP LOCKED;
     IF NOT FOUND THEN
         PERFORM datesync.engine_off();
@@ -285,10 +377,18 @@ BEGIN
     END IF;
     UPDATE datesync.batch x SET state = 'running', started_at = now() WHERE x.id = b.id
     RETURNING x.id, x.source, x.start_date, x.end_date, x.force, x.days, x.created_at INTO b;
-    INSERT INTO datesync.task (batch_id, source, day, force, max_attempts)
-    SELECT b.id, b.source, d::date, b.force, p_max_attempts
+    -- The dates of a source built on others start waiting (45_dependency.sql), and those whose upstream dates
+    -- have synced are released at once.
+    INSERT INTO datesync.task (batch_id, source, day, force, max_attempts, state)
+    SELECT b.id, b.source, d::date, b.force, p_max_attempts,
+           CASE WHEN EXISTS (SELECT 1 FROM datesync.dependency dep WHERE dep.source = b.source)
+                THEN 'waiting' ELSE 'queued' END::datesync.task_state
     FROM generate_series(b.start_date, b.end_date, interval '1 day') AS d;
     GET DIAGNOSTICS made = ROW_COUNT;
+    IF EXISTS (SELECT 1 FROM datesync.dependency dep WHERE dep.source = b.source) THEN
+        PERFORM datesync.task_release_ready(b.id);
+        PERFORM datesync.dependency_notes('datesync.moved');  -- the released dates are told as claimed or queued
+    END IF;
     -- Wake the other daemons now that there are dates to share: the insert's NOTIFY may have reached them before
     -- this expansion committed, when there was nothing to claim yet.
     PERFORM pg_notify('datesync_batch', b.id::text);

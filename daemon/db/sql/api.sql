@@ -5,6 +5,15 @@
 -- Run it on its own, never inside a transaction: it must commit right after its INSERT.
 SELECT batch_id, days, outcome FROM datesync.batch_request($1, $2, $3, $4, $5, $6);
 
+-- name: batch_request_linked
+-- The same with the batches of its upstream sources ($7, with_upstream) and downstream ones ($8, cascade), each
+-- expanded after those before it, in one transaction; ranges cut at today.
+SELECT * FROM datesync.batch_request_linked($1, $2, $3, $4, $5, $6, $7, $8);
+
+-- name: batch_waiting_preview
+-- How many dates of source $1 in $2..$3 would wait for upstream dates not synced yet, and for which sources.
+SELECT * FROM datesync.batch_waiting_preview($1, $2, $3);
+
 -- name: batch_find_by_key
 -- The batch an Idempotency-Key was first used for.
 SELECT id FROM datesync.batch WHERE idempotency_key = $1;
@@ -26,11 +35,12 @@ SELECT count(*) FROM datesync.batch WHERE $1::text IS NULL OR state::text = $1;
 
 -- name: task_list_for_batch
 -- The per-date tasks of one batch, in date order.
-SELECT id, day, state::text AS state, attempt, max_attempts, error, rows_synced, run_after, started_at, finished_at,
-       (extract(epoch FROM finished_at - started_at) * 1000)::bigint AS duration_ms
-FROM datesync.task
-WHERE batch_id = $1
-ORDER BY day;
+SELECT t.id, t.day, t.state::text AS state, t.attempt, t.max_attempts, t.error, t.rows_synced, t.run_after,
+       t.started_at, t.finished_at, (extract(epoch FROM t.finished_at - t.started_at) * 1000)::bigint AS duration_ms,
+       CASE WHEN t.state = 'waiting' THEN datesync.waiting_for(t.source, t.day, b.after_batches) END AS waiting_for
+FROM datesync.task t JOIN datesync.batch b ON b.id = t.batch_id
+WHERE t.batch_id = $1
+ORDER BY t.day;
 
 -- name: source_known
 -- Whether a source is configured.
@@ -46,7 +56,8 @@ ORDER BY g.day;
 -- name: day_list_filtered
 -- One page of per-date records, newest date first; every filter is optional ($1 source, $2 from, $3 to,
 -- $4 status).
-SELECT source, day, status::text AS status, attempts, rows_synced, error, batch_id, synced_at, updated_at
+SELECT source, day, status::text AS status, attempts, rows_synced, error, batch_id, synced_at, updated_at,
+       stale_since
 FROM datesync.day
 WHERE ($1::text IS NULL OR source = $1) AND ($2::date IS NULL OR day >= $2) AND ($3::date IS NULL OR day <= $3)
   AND ($4::text IS NULL OR status::text = $4)
@@ -66,18 +77,21 @@ WHERE ($1::text IS NULL OR source = $1) AND ($2::date IS NULL OR day >= $2) AND 
 WITH days AS (
     SELECT count(*) FILTER (WHERE status = 'success') AS synced,
            count(*) FILTER (WHERE status = 'failed') AS failed,
+           count(*) FILTER (WHERE status = 'success' AND stale_since IS NOT NULL) AS stale,
            max(synced_at) FILTER (WHERE status = 'success') AS last_success_at
     FROM datesync.day WHERE $1::text IS NULL OR source = $1
 ), tasks AS (
     SELECT count(*) FILTER (WHERE state = 'running') AS running,
-           count(*) FILTER (WHERE state = 'queued') AS queued
-    FROM datesync.task WHERE state IN ('queued', 'running') AND ($1::text IS NULL OR source = $1)
+           count(*) FILTER (WHERE state = 'queued') AS queued,
+           count(*) FILTER (WHERE state = 'waiting') AS waiting
+    FROM datesync.task WHERE state IN ('waiting', 'queued', 'running') AND ($1::text IS NULL OR source = $1)
 ), unexpanded AS (
     SELECT coalesce(sum(days), 0)::bigint AS days
     FROM datesync.batch
     WHERE state = 'queued' AND NOT cancel_requested AND ($1::text IS NULL OR source = $1)
 )
-SELECT days.synced, days.failed, tasks.running, tasks.queued + unexpanded.days AS queued, days.last_success_at
+SELECT days.synced, days.failed, tasks.running, tasks.queued + unexpanded.days AS queued, days.last_success_at,
+       tasks.waiting, days.stale
 FROM days, tasks, unexpanded;
 
 -- name: batch_count_unfinished

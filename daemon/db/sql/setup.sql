@@ -14,3 +14,11 @@ WHERE datesync.source.handler <> EXCLUDED.handler;
 -- name: source_list
 -- Known sources.
 SELECT name, handler FROM datesync.source ORDER BY name;
+
+-- name: dependency_forget
+-- Forget the upstream sources of the given sources (before registering them anew, DATESYNC_<NAME>_AFTER).
+DELETE FROM datesync.dependency WHERE source = ANY($1::text[]);
+
+-- name: dependency_register
+-- A date d of source $1 waits for dates d + $3 .. d + $4 of source $2.
+INSERT INTO datesync.dependency (source, upstream, lo, hi) VALUES ($1, $2, $3, $4);

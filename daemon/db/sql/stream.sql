@@ -60,6 +60,9 @@ SELECT jsonb_build_object(
            'queued', (SELECT count(*) FROM datesync.task WHERE state = 'queued')
                      + (SELECT coalesce(sum(days), 0) FROM datesync.batch
                         WHERE state = 'queued' AND NOT cancel_requested),
-           'last_success_at', (SELECT max(synced_at) FROM datesync.day WHERE status = 'success'))::text AS cards,
+           'last_success_at', (SELECT max(synced_at) FROM datesync.day WHERE status = 'success'),
+           'waiting', (SELECT count(*) FROM datesync.task WHERE state = 'waiting'),
+           'stale', (SELECT count(*) FROM datesync.day WHERE status = 'success' AND stale_since IS NOT NULL))::text
+           AS cards,
        (SELECT coalesce(max(id), 0) FROM datesync.event) AS max_id,
        (SELECT events_pruned_through FROM datesync.retention) AS pruned_through;

@@ -41,10 +41,10 @@ WITH expired AS (
 SELECT e.* FROM expired e LEFT JOIN restored ON true;
 
 -- name: task_cancel_queued
--- Cancel the queued tasks of the given batches.
+-- Cancel the queued and waiting tasks of the given batches.
 UPDATE datesync.task
 SET state = 'cancelled', finished_at = now()
-WHERE batch_id = ANY($1::bigint[]) AND state = 'queued'
+WHERE batch_id = ANY($1::bigint[]) AND state IN ('queued', 'waiting')
 RETURNING id, batch_id, source, day, state::text AS state, attempt;
 
 -- name: task_next_run_after
@@ -66,3 +66,8 @@ WHERE d.source = r.source AND d.day = r.day AND d.status = 'running';
 -- blocks the queue's reads or writes, but waits behind a running autovacuum of the table: not for long.
 SET LOCAL lock_timeout = '2s';
 ANALYZE datesync.task;
+
+-- name: task_release_ready
+-- The catch-up scan's release of waiting dates whose upstream dates have synced (datesync.task_release_ready):
+-- one whose upstream settled while its batch was being expanded, or a ledger edited by hand.
+SELECT datesync.task_release_ready();
