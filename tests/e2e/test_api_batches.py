@@ -59,7 +59,8 @@ async def test_batches_are_listed_newest_first_and_paginated(dsn: str) -> None:
     assert everything["limit"] == 50 and len(everything["batches"]) == 5
     assert set(everything["batches"][0]) == {
         "id", "source", "start_date", "end_date", "force", "state", "cancel_requested", "days", "queued", "running",
-        "succeeded", "failed", "skipped", "cancelled", "done", "created_at", "started_at", "finished_at", "pruned_at"}
+        "succeeded", "failed", "skipped", "cancelled", "done", "created_at", "started_at", "finished_at", "pruned_at",
+        "waiting"}
     assert (none_cancelled["total"], none_cancelled["batches"]) == (0, [])
     assert bad.status_code == 422
     assert [e["field"] for e in bad.json()["errors"]] == ["state", "limit", "offset"]

@@ -39,13 +39,13 @@ async def test_the_summary_has_cards_and_filterable_paginated_records(dsn: str, 
         bad_dates = await client.get("/", params={"from": "2025/10/01", "to": "2025-02-30"})
         no_slash = await client.get(live.api, follow_redirects=True)
     assert everything["cards"] == {"synced": 9, "failed": 2, "running": 0, "queued": 5,
-                                   "last_success_at": "2025-12-01T00:00:00+00:00"}
+                                   "last_success_at": "2025-12-01T00:00:00+00:00", "waiting": 0, "stale": 0}
     assert everything["total"] == 11 and everything["limit"] == 100 and everything["offset"] == 0
     assert default["cards"]["synced"] == 8 and default["cards"]["last_success_at"] == "2025-10-20T08:00:00+00:00"
     assert [r["day"] for r in failed["records"]] == ["2025-10-07", "2025-10-03"]
     assert failed["records"][0] == {"source": "default", "day": "2025-10-07", "status": "failed", "attempts": 1,
                                     "rows_synced": 5, "error": "boom", "batch_id": None, "synced_at": None,
-                                    "updated_at": failed["records"][0]["updated_at"]}
+                                    "updated_at": failed["records"][0]["updated_at"], "stale_since": None}
     assert [r["day"] for r in window["records"] + second["records"]] == ["2025-10-06", "2025-10-05", "2025-10-04"]
     assert window["total"] == 3
     assert bad.status_code == 422

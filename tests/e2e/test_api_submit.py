@@ -243,7 +243,8 @@ async def test_a_batch_is_accepted_with_the_documented_envelope_in_english(live:
     assert data == {"batch_id": batch_id, "days": 3, "success": 0, "failed": 0, "skipped": 0,
                     "message": "Batch sync started: 3 days will be synced",
                     "status_url": f"/api/v1/sync-status/batches/{batch_id}",
-                    "events_url": f"/api/v1/sync-status/batches/{batch_id}/events", "deduplicated": False}
+                    "events_url": f"/api/v1/sync-status/batches/{batch_id}/events", "deduplicated": False,
+                    "waiting": 0, "linked": []}
     assert answer.headers["location"] == data["status_url"]
     row = await db.fetchrow("SELECT * FROM datesync.batch WHERE id = $1", batch_id)
     assert row is not None and (row["requested_by"], row["state"], row["days"]) == ("api", "queued", 3)

@@ -191,7 +191,7 @@ async def test_two_clients_see_the_same_sequence(dsn: str, db: asyncpg.Connectio
         a, b = await asyncio.wait_for(asyncio.gather(*readers), 20)
     ids = [i for i in await log_ids(db, batch_id) if i > start]
     assert a[1].event == "snapshot" and set(a[1].data["cards"]) == {
-        "synced", "failed", "running", "queued", "last_success_at"}
+        "synced", "failed", "running", "queued", "last_success_at", "waiting", "stale"}
     assert [m.id for m in events_of(a)] == [m.id for m in events_of(b)] == ids
     assert [m.data for m in events_of(a)] == [m.data for m in events_of(b)]
 
