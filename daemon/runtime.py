@@ -111,8 +111,10 @@ def variables(db: Database, settings: Settings) -> tuple[str | None, str | None]
     return "DATABASE_URL", "DATABASE_DIRECT_URL" if settings.database_direct_url else "DATABASE_URL"
 
 
-async def prepare(db: Database, settings: Settings, sources: Mapping[str, str]) -> None:
-    """Wait for the database, apply migrations, and register settings and sources.
+async def prepare(db: Database, settings: Settings, sources: Mapping[str, str], *, runs_sources: bool = False
+                  ) -> None:
+    """Wait for the database, apply migrations, and register settings and sources (and, in a process that runs
+    the sources' dates, their dependencies: see migrate_and_register).
 
     Through the direct endpoint: migrations hold a session-level advisory lock, which a transaction pooler
     (Neon's -pooler) would take on one server connection and try to release on another, leaving it held."""
@@ -120,7 +122,7 @@ async def prepare(db: Database, settings: Settings, sources: Mapping[str, str]) 
     conn = await wait_until_reachable(db.direct_dsn, settings.startup_timeout, "datesync-migrate",
                                       variables(db, settings)[1])
     try:
-        await migrate_and_register(conn, settings, sources)
+        await migrate_and_register(conn, settings, sources, runs_sources=runs_sources)
     finally:
         await conn.close()
 
@@ -134,14 +136,18 @@ async def check_queries_endpoint(db: Database, settings: Settings) -> None:
         await probe.close()
 
 
-async def migrate_and_register(conn: asyncpg.Connection, settings: Settings, sources: Mapping[str, str]) -> None:
+async def migrate_and_register(conn: asyncpg.Connection, settings: Settings, sources: Mapping[str, str], *,
+                               runs_sources: bool = False) -> None:
     await migrate(conn)
     await conn.execute(q("setting_upsert"), "max_range_days", str(settings.max_range_days))
     await conn.execute(q("setting_upsert"), "timezone", settings.timezone)
     async with conn.transaction():
         for name, handler in sources.items():
             await conn.execute(q("source_register"), name, handler)
-        # The graph as this daemon was configured; the sources another daemon serves keep theirs.
+        if not runs_sources:
+            return
+        # The graph as the daemon was configured (DATESYNC_<NAME>_AFTER), for the sources it runs; a CLI or a
+        # web-only process, which may lack those variables, leaves it alone.
         await conn.execute(q("dependency_forget"), list(sources))
         for name, upstream in settings.after.items():
             for up in upstream:

@@ -81,7 +81,7 @@ async def serve(settings: Settings, *, web: bool, daemon: bool) -> None:
                 # DATABASE_URL where it is not the URL the migrations use.
                 refuse_pooled_direct(db, settings)
                 await check_queries_endpoint(db, settings)
-                await prepare(db, settings, sources)
+                await prepare(db, settings, sources, runs_sources=daemon)
 
             if not await _unless_stopped(start(), stop):
                 return

@@ -15,6 +15,7 @@ import asyncpg
 from datesync.daemon.db.connect import Conn
 from datesync.daemon.db.queries import q
 from datesync.daemon.ops import present
+from datesync.daemon.ops.messages import Lang
 from datesync.daemon.ops.problems import Msg, OperationError, problem, shown
 from datesync.daemon.ops.validation import ALLOWED_FIELDS, BatchRequest
 from datesync.daemon.states import UNFINISHED_BATCH
@@ -53,6 +54,13 @@ class Accepted:
             found.append(Msg(f"batch_linked_{b['role']}", {"id": b["batch_id"], "source": b["source"],
                                                             "start": b["start_date"], "end": b["end_date"]}))
         return found
+
+    def render(self, lang: Lang) -> str:
+        """The message with its notes, as sentences."""
+        if not self.notes:
+            return self.message.render(lang)
+        stop = "。" if lang == "zh" else ". "
+        return stop.join(m.render(lang) for m in [self.message, *self.notes]) + stop.strip()
 
 
 async def request(conn: Conn, wanted: BatchRequest, key: str | None, requested_by: str) -> Accepted:

@@ -50,7 +50,7 @@ async def submit_batch(request: Request) -> Response:
         "success": accepted.batch["succeeded"],
         "failed": accepted.batch["failed"],
         "skipped": accepted.batch["skipped"],
-        "message": " ".join([accepted.message.render(lang)] + [n.render(lang) + "." for n in accepted.notes]),
+        "message": accepted.render(lang),
         "waiting": accepted.waiting,
         "linked": [{"batch_id": b["batch_id"], "role": b["role"], "source": b["source"],
                     "start_date": b["start_date"].isoformat(), "end_date": b["end_date"].isoformat(),
