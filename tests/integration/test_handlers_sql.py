@@ -76,6 +76,32 @@ async def test_a_rollup_runs_per_date_in_a_daemon(dsn: str, db: asyncpg.Connecti
     assert [r["rows_synced"] for r in synced] == [2, 4, 2]  # 2 regions inserted; the re-run also deleted 2
 
 
+async def test_first_dates_run_at_once_all_create_the_table_without_failing(dsn: str, db: asyncpg.Connection,
+                                                                           tmp_path: Path) -> None:
+    # The file's CREATE TABLE IF NOT EXISTS, run by several first dates at once: PostgreSQL lets two of them race
+    # on its catalog (a unique violation on pg_type's index), which once failed the attempt of all but one.
+    path = tmp_path / "rollup.sql"
+    path.write_text("CREATE TABLE IF NOT EXISTS built (day date PRIMARY KEY, at timestamptz);\n"
+                    "INSERT INTO built VALUES ($1, now());")
+    handler = load(path)
+    pool = await create_pool(dsn, 8, "t")
+    try:
+        assert handler.setup is not None
+        await handler.setup(pool)
+
+        async def one(n: int) -> int:
+            async with pool.acquire() as conn:
+                day = datetime.date(2025, 1, 1) + datetime.timedelta(days=n)
+                ctx = SyncContext(day=day, db=conn, log=structlog.get_logger(), attempt=1, batch_id=0,
+                                  source="default", task_id=n, worker="t")
+                return await handler.sync(day, ctx)
+
+        assert await asyncio.gather(*(one(n) for n in range(8))) == [1] * 8
+    finally:
+        await pool.close()
+    assert await db.fetchval("SELECT count(*) FROM built") == 8
+
+
 async def test_the_whole_file_is_one_transaction(dsn: str, db: asyncpg.Connection, tmp_path: Path) -> None:
     await db.execute("CREATE TABLE t (day date PRIMARY KEY, n int CHECK (n < 10))")
     path = tmp_path / "two.sql"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import itertools
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,8 @@ from datesync.daemon.sources import SourceEnv
 from datesync.daemon.sync.context import SyncContext
 from datesync.daemon.sync.handlers.base import Handler
 
+# Runs of a date lost to the catalog race of CREATE ... IF NOT EXISTS (SqlHandler.sync) before it fails.
+CATALOG_RACE_TRIES = 3
 _COUNTED = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE"})
 _TRANSACTION_CONTROL = re.compile(
     r"(BEGIN|START\s+TRANSACTION|COMMIT|END|ROLLBACK|ABORT|SAVEPOINT|RELEASE|PREPARE\s+TRANSACTION)\b", re.I)
@@ -200,6 +203,18 @@ class SqlHandler:
     async def sync(self, day: datetime.date, ctx: SyncContext) -> int:
         if len(self._converters) != len(self.statements):
             raise RuntimeError("the sql handler was not set up; the daemon runs setup() at start")
+        for tries in itertools.count(1):
+            try:
+                return await self._run(day, ctx)
+            except asyncpg.UniqueViolationError as exc:
+                # Two first dates running the file's CREATE ... IF NOT EXISTS at once race on the catalog, and
+                # the loser gets a unique violation on a pg_catalog index (pg_type_typname_nsp_index) instead of
+                # "already exists". Run again: the winner has committed it by the time our row lock is free.
+                if tries >= CATALOG_RACE_TRIES or not (exc.constraint_name or "").startswith("pg_"):
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _run(self, day: datetime.date, ctx: SyncContext) -> int:
         rows = 0
         async with ctx.db.transaction():
             for stmt, convert in zip(self.statements, self._converters, strict=True):
