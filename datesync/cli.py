@@ -298,10 +298,11 @@ def gaps(
     from_: Annotated[str, typer.Argument(metavar="FROM", help="First date, YYYY-MM-DD.")],
     to: Annotated[str, typer.Argument(metavar="TO", help="Last date, YYYY-MM-DD.")],
     source: Annotated[str, typer.Option(help="Source to check.")] = "default",
-    backfill: Annotated[bool, typer.Option("--backfill", help="Request exactly the missing dates.")] = False,
+    backfill: Annotated[bool, typer.Option("--backfill", help="Request exactly the dates listed.")] = False,
 ) -> None:
-    """List dates in FROM..TO that are missing or failed; with --backfill, request exactly those (one batch per
-    contiguous range) and print the batch ids."""
+    """List dates in FROM..TO that are missing or failed, or stale (synced before an upstream date they are built
+    on was re-synced); with --backfill, request exactly those (one batch per contiguous range, forced where it
+    holds a stale date) and print the batch ids."""
     settings = _settings_or_exit()
     lo, hi = _day(from_, "from"), _day(to, "to")
 
@@ -318,7 +319,10 @@ def gaps(
         table.add_row(d["day"].isoformat(), d["status"])
     out.print(table)
     ranges = len(found.ranges)
-    out.print(f"{len(found.days)} of {span} dates of {source} are missing or failed, "
+    kinds = "missing or failed"
+    if any(d["status"] == "stale" for d in found.days):
+        kinds = "missing, failed or stale"
+    out.print(f"{len(found.days)} of {span} dates of {source} are {kinds}, "
               f"in {ranges} range{'s' if ranges > 1 else ''}")
     for b in found.requested:
         days = f"{b['days']} day{'s' if b['days'] != 1 else ''}"

@@ -63,6 +63,9 @@ async def test_with_upstream_requests_the_window_first_and_links_the_batch_after
 
 
 async def test_cascade_reruns_the_dates_built_on_the_range_after_it(graph: asyncpg.Connection, dsn: str) -> None:
+    # rollup has synced 09-30, 10-02 and 10-05: the span of those built on orders 10-01 is 10-02..10-05.
+    await graph.execute("INSERT INTO datesync.day (source, day, status, synced_at) SELECT 'rollup', d, 'success', "
+                        "now() FROM unnest('{2025-09-30,2025-10-02,2025-10-05}'::date[]) d")
     async with live_server(dsn) as live, httpx.AsyncClient(base_url=live.api) as client:
         answer = await client.post("/sync/batch", json={"start_date": "2025-10-01", "end_date": "2025-10-01",
                                                         "source": "orders", "force": True, "cascade": True})
@@ -70,9 +73,8 @@ async def test_cascade_reruns_the_dates_built_on_the_range_after_it(graph: async
                                                        "source": "orders", "force": True, "cascade": True})
     assert answer.status_code == 202, answer.text
     [downstream] = answer.json()["data"]["linked"]
-    # orders 10-01 is in the windows of rollup 10-01 .. 10-07.
     assert (downstream["role"], downstream["source"], downstream["start_date"], downstream["end_date"]) == (
-        "downstream", "rollup", "2025-10-01", "2025-10-07")
+        "downstream", "rollup", "2025-10-02", "2025-10-05")
     rows = await graph.fetch("SELECT id, source, force, after_batches FROM datesync.batch ORDER BY id")
     assert [(r["source"], r["force"], r["after_batches"]) for r in rows] == [
         ("orders", True, []), ("rollup", True, [rows[0]["id"]])]

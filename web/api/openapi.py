@@ -166,10 +166,11 @@ PATHS: dict[str, Schema] = {
         {"200": json_body(success_of(obj(sources={"type": "array", "items": obj(name=TEXT, handler=TEXT)})),
                           "Sources")})},
     f"{PREFIX}/gaps": {"get": op(
-        "Dates of a range not synced (missing or failed)",
+        "Dates of a range not synced (missing or failed), or stale (an upstream date re-synced since)",
         {"200": json_body(success_of(obj(None, **{
             "source": TEXT, "from": DATE, "to": DATE,
-            "gaps": {"type": "array", "items": obj(day=DATE, status={"type": "string", "enum": ["missing", "failed"]})},
+            "gaps": {"type": "array", "items": obj(day=DATE, status={"type": "string",
+                                                                     "enum": ["missing", "failed", "stale"]})},
             "ranges": {"type": "array", "items": obj(start_date=DATE, end_date=DATE)}})), "Gaps"), **errors(422)},
         parameters=[query("from", DATE, "first date (default: 30 days before `to`)"),
                     query("to", DATE, "last date (default: yesterday)"),

@@ -244,7 +244,8 @@ END $$;
 
 -- A batch with the batches of the sources it depends on (p_with_upstream: each upstream source over the dates
 -- the range waits for, not forced, so dates already synced are skipped) and of the sources built on it
--- (p_cascade: each downstream source, forced, over the dates built on the range), in one transaction. Each batch
+-- (p_cascade: each downstream source, forced, over the dates built on the range that have synced before: the
+-- span of those the re-sync makes stale; a date never synced is not re-run), in one transaction. Each batch
 -- is expanded after the ones before it (after_batches), so a downstream date sees its upstream dates still to
 -- run, and waits for them. Ranges are cut at today. Returns every batch, the requested one with role
 -- 'requested'. A repeated Idempotency-Key answers with its batch alone, requesting nothing more.
@@ -259,6 +260,8 @@ DECLARE
     r RECORD;
     got RECORD;
     before bigint[] := '{}';
+    first_day date;
+    last_day date;
     -- Today as batch_validate sees it.
     today date := (now() AT TIME ZONE coalesce((SELECT value FROM datesync.setting WHERE key = 'timezone'),
                                                  'UTC'))::date;
@@ -308,9 +311,12 @@ BEGIN
         HAVING min(d.start_date) <= max(d.end_date)
         ORDER BY max(d.depth), d.source
     LOOP
-        SELECT x.* INTO got FROM datesync.batch_request(r.source, r.start_date, r.end_date, true, NULL,
+        SELECT min(d.day), max(d.day) INTO first_day, last_day FROM datesync.day d
+        WHERE d.source = r.source AND d.day BETWEEN r.start_date AND r.end_date AND d.status = 'success';
+        CONTINUE WHEN first_day IS NULL;
+        SELECT x.* INTO got FROM datesync.batch_request(r.source, first_day, last_day, true, NULL,
                                                         p_requested_by, before) x;
-        RETURN QUERY SELECT got.batch_id, got.days, got.outcome, 'downstream', r.source, r.start_date, r.end_date;
+        RETURN QUERY SELECT got.batch_id, got.days, got.outcome, 'downstream', r.source, first_day, last_day;
         before := before || got.batch_id;
     END LOOP;
 END $$;
