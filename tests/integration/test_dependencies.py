@@ -218,3 +218,25 @@ async def test_a_cancelled_batch_cancels_its_waiting_dates(graph: asyncpg.Connec
     await db.fetch(q("task_cancel_queued"), [rollup])
     row = await db.fetchrow("SELECT waiting, cancelled FROM datesync.batch WHERE id = $1", rollup)
     assert tuple(row) == (0, 2)
+
+
+async def test_an_upstream_lost_for_good_with_its_lease_fails_the_dates_built_on_it_with_their_events(
+    graph: asyncpg.Connection,
+) -> None:
+    db = graph
+    await request(db, "orders", "2026-03-01", "2026-03-01")
+    rollup = await request(db, "rollup", "2026-03-01", "2026-03-01")
+    await expand_all(db)
+    await claim(db)
+    # The daemon running orders 03-01 died during its last attempt; another daemon takes the lease back.
+    await db.execute("UPDATE datesync.task SET attempt = max_attempts, lease_expires_at = now() - interval '1 s' "
+                     "WHERE source = 'orders'")
+    async with db.transaction():
+        rows = await db.fetch(q("task_requeue_expired"), "other")
+        await db.execute(q("event_log_tasks"), [r["id"] for r in rows])
+    failed = await db.fetchrow("SELECT state::text, error FROM datesync.task WHERE batch_id = $1", rollup)
+    assert failed["state"] == "failed" and failed["error"].startswith("orders 2026-03-01 failed: lease expired")
+    event = await db.fetchrow("SELECT state, data FROM datesync.event WHERE batch_id = $1 AND kind = 'task' "
+                              "ORDER BY id DESC LIMIT 1", rollup)
+    assert event["state"] == "failed" and event["data"]["counts"]["failed"] == 1
+    assert await db.fetchval("SELECT state::text FROM datesync.batch WHERE id = $1", rollup) == "running"

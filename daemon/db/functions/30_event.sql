@@ -25,8 +25,8 @@ CREATE OR REPLACE FUNCTION datesync.event_log_tasks(p_tasks datesync.task[]) RET
     INSERT INTO datesync.event (batch_id, task_id, day, kind, state, attempt, error, data)
     SELECT t.batch_id, t.id, t.day, 'task', t.state::text, t.attempt, t.error,
            jsonb_build_object('counts', jsonb_build_object(
-               'queued', b.queued, 'running', b.running, 'succeeded', b.succeeded, 'failed', b.failed,
-               'skipped', b.skipped, 'cancelled', b.cancelled, 'days', b.days))
+               'waiting', b.waiting, 'queued', b.queued, 'running', b.running, 'succeeded', b.succeeded,
+               'failed', b.failed, 'skipped', b.skipped, 'cancelled', b.cancelled, 'days', b.days))
     FROM unnest(p_tasks) t JOIN datesync.batch b ON b.id = t.batch_id
     ORDER BY t.batch_id, t.day;
 $$;

@@ -2,8 +2,13 @@
 -- order (see datesync.event_serialize), and it is held until commit.
 
 -- name: event_log_tasks
--- One event per task just moved by this transaction (ids $1), written by the same function as the hot path's.
-SELECT datesync.event_log_tasks(ARRAY(SELECT t FROM datesync.task t WHERE t.id = ANY($1::bigint[])));
+-- One event per task just moved by this transaction (ids $1), and per date the moves released or failed
+-- downstream (datesync.task_after_settle), written by the same function as the hot path's.
+SELECT datesync.event_log_tasks(ARRAY(
+    SELECT t FROM datesync.task t
+    WHERE t.id = ANY($1::bigint[])
+       OR t.id IN (SELECT jsonb_array_elements_text(datesync.dependency_notes('datesync.moved'))::bigint)
+    ORDER BY t.id));
 
 -- name: event_insert_batch
 -- One event for a batch transition.
