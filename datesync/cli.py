@@ -289,8 +289,9 @@ def status(
                       d["synced_at"].isoformat(timespec="seconds") if d["synced_at"] else "", d["error"] or "")
     out.print(table)
     for b in unfinished:
+        waiting = f", {b['waiting']} waiting for upstream dates" if b["waiting"] else ""
         out.print(f"batch {b['id']} {b['state']}: {b['done']}/{b['days']} done, {b['failed']} failed, "
-                  f"{b['running']} running")
+                  f"{b['running']} running{waiting}")
 
 
 @app.command()
