@@ -13,9 +13,16 @@
 
 -- The upstream dates a date of p_source waits for, with their ledger status ('missing' when never synced): not
 -- yet a success, or still to run in a batch p_after names (a cascade re-syncs dates that are a success already).
+-- failed_for_good: the date failed and no task of it is left to run (waiting, queued for a retry, or running);
+-- the ledger's error comes with it.
+DROP FUNCTION IF EXISTS datesync.upstream_pending(text, date, bigint[]);  -- its result gained columns
 CREATE OR REPLACE FUNCTION datesync.upstream_pending(p_source text, p_day date, p_after bigint[])
-RETURNS TABLE (source text, day date, status text) LANGUAGE sql STABLE AS $$
-    SELECT dep.upstream, u.day, coalesce(d.status::text, 'missing')
+RETURNS TABLE (source text, day date, status text, failed_for_good boolean, error text) LANGUAGE sql STABLE AS $$
+    SELECT dep.upstream, u.day, coalesce(d.status::text, 'missing'),
+           d.status = 'failed' AND NOT EXISTS (SELECT 1 FROM datesync.task t
+                                               WHERE t.source = dep.upstream AND t.day = u.day
+                                                 AND t.state IN ('waiting', 'queued', 'running')),
+           d.error
     FROM datesync.dependency dep
     CROSS JOIN LATERAL (SELECT (p_day + g)::date AS day FROM generate_series(dep.lo, dep.hi) g) u
     LEFT JOIN datesync.day d ON d.source = dep.upstream AND d.day = u.day
@@ -51,8 +58,10 @@ BEGIN
 END $$;
 
 -- Move the given waiting dates on: to `queued` when they wait for nothing any more, to `failed` (without running
--- their handler) when p_failed names an upstream date of theirs that failed for good. Rows are locked in id
--- order, as every release does, so two releases cannot deadlock on each other's rows.
+-- their handler) when an upstream date of theirs failed for good: named by p_failed (the trigger's, from the
+-- tasks that just failed), or so in the ledger with nothing left to run it again (a date expanded after its
+-- upstream failed). Rows are locked in id order, as every release does, so two releases cannot deadlock on each
+-- other's rows.
 CREATE OR REPLACE FUNCTION datesync.task_advance(p_ids bigint[], p_failed jsonb DEFAULT '[]')
 RETURNS SETOF bigint LANGUAGE plpgsql AS $$
 BEGIN
@@ -63,12 +72,16 @@ BEGIN
         ORDER BY t.id FOR UPDATE OF t
     ), decided AS (
         SELECT l.id,
-               (SELECT f ->> 'source' || ' ' || (f ->> 'day') || ' failed'
-                       || coalesce(': ' || left(f ->> 'error', 500), '')
-                FROM jsonb_array_elements(p_failed) f
-                JOIN datesync.dependency dep ON dep.source = l.source AND dep.upstream = f ->> 'source'
-                WHERE (f ->> 'day')::date BETWEEN l.day + dep.lo AND l.day + dep.hi
-                ORDER BY f ->> 'day' LIMIT 1) AS failure,
+               coalesce(
+                   (SELECT f ->> 'source' || ' ' || (f ->> 'day') || ' failed'
+                           || coalesce(': ' || left(f ->> 'error', 500), '')
+                    FROM jsonb_array_elements(p_failed) f
+                    JOIN datesync.dependency dep ON dep.source = l.source AND dep.upstream = f ->> 'source'
+                    WHERE (f ->> 'day')::date BETWEEN l.day + dep.lo AND l.day + dep.hi
+                    ORDER BY f ->> 'day' LIMIT 1),
+                   (SELECT p.source || ' ' || p.day || ' failed' || coalesce(': ' || left(p.error, 500), '')
+                    FROM datesync.upstream_pending(l.source, l.day, l.after_batches) p
+                    WHERE p.failed_for_good ORDER BY p.day, p.source LIMIT 1)) AS failure,
                NOT EXISTS (SELECT 1 FROM datesync.upstream_pending(l.source, l.day, l.after_batches)) AS ready
         FROM locked l
     )
@@ -140,18 +153,27 @@ CREATE OR REPLACE TRIGGER task_after_settle AFTER UPDATE ON datesync.task
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION datesync.task_after_settle();
 
--- The catch-up scan's part (and a batch's, right after its expansion): release every waiting date (of batch
--- p_batch, or of any) that waits for nothing. Returns how many it released.
-CREATE OR REPLACE FUNCTION datesync.task_release_ready(p_batch bigint DEFAULT NULL) RETURNS integer
-LANGUAGE plpgsql AS $$
+-- The catch-up scan's part (and a batch's, right after its expansion): move on every waiting date (of batch
+-- p_batch, or of any) that waits for nothing, or for an upstream date failed for good. Returns how many it moved.
+-- p_log: write their events (the scan; an expansion's events come with its claim, last in its transaction).
+DROP FUNCTION IF EXISTS datesync.task_release_ready(bigint);
+CREATE OR REPLACE FUNCTION datesync.task_release_ready(p_batch bigint DEFAULT NULL, p_log boolean DEFAULT false)
+RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
-    released integer;
+    moved bigint[];
 BEGIN
-    SELECT count(*) INTO released FROM datesync.task_advance(ARRAY(
+    moved := ARRAY(SELECT datesync.task_advance(ARRAY(
         SELECT t.id FROM datesync.task t
-        WHERE t.state = 'waiting' AND (p_batch IS NULL OR t.batch_id = p_batch)));
-    IF released > 0 THEN
+        WHERE t.state = 'waiting' AND (p_batch IS NULL OR t.batch_id = p_batch))));
+    IF cardinality(moved) > 0 THEN
         PERFORM pg_notify('datesync_batch', '');
     END IF;
-    RETURN released;
+    IF p_log THEN
+        PERFORM datesync.event_log_tasks(ARRAY(
+            SELECT t FROM datesync.task t
+            WHERE t.id = ANY(moved)
+               OR t.id IN (SELECT jsonb_array_elements_text(datesync.dependency_notes('datesync.moved'))::bigint)
+            ORDER BY t.id));
+    END IF;
+    RETURN cardinality(moved);
 END $$;

@@ -356,6 +356,7 @@ DECLARE
     b RECORD;
     made bigint;
     refused text;
+    failed_now jsonb;
 BEGIN
     PERFORM datesync.engine_on();
     SELECT x.id, x.start_date, x.end_date INTO b FROM datesync.batch x
@@ -393,7 +394,13 @@ BEGIN
     GET DIAGNOSTICS made = ROW_COUNT;
     IF EXISTS (SELECT 1 FROM datesync.dependency dep WHERE dep.source = b.source) THEN
         PERFORM datesync.task_release_ready(b.id);
-        PERFORM datesync.dependency_notes('datesync.moved');  -- the released dates are told as claimed or queued
+        -- The dates released at once are told as they are claimed, like any queued date; those failed by an
+        -- upstream date that failed for good are told by task_finish below, which ends the batch if they were all.
+        failed_now := (SELECT jsonb_agg(x) FROM jsonb_array_elements(datesync.dependency_notes('datesync.moved')) x
+                       JOIN datesync.task t ON t.id = x::bigint WHERE t.state = 'failed');
+        IF failed_now IS NOT NULL THEN
+            PERFORM datesync.dependency_note('datesync.moved', failed_now);
+        END IF;
     END IF;
     -- Wake the other daemons now that there are dates to share: the insert's NOTIFY may have reached them before
     -- this expansion committed, when there was nothing to claim yet.

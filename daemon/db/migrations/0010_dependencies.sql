@@ -24,8 +24,9 @@ ALTER TABLE datesync.batch
     ADD COLUMN after_batches bigint[] NOT NULL DEFAULT '{}';
 
 -- Waiting dates hold no lease and have not finished (the CHECKs of 0001 already say so for every state but
--- running and the final ones); they are found by date when an upstream date settles, and by batch to cancel.
-CREATE INDEX task_waiting ON datesync.task (source, day) WHERE state = 'waiting';
+-- running and the final ones); they are found by date when an upstream date settles, and by batch to cancel. The
+-- date index holds queued dates too: whether an upstream date that failed is still to run again (a retry).
+CREATE INDEX task_pending_day ON datesync.task (source, day) WHERE state IN ('waiting', 'queued');
 CREATE INDEX task_batch_waiting ON datesync.task (batch_id) WHERE state = 'waiting';
 
 -- When a re-sync of an upstream date made this (successful) date stale; NULL while it is fresh. Its next success

@@ -70,4 +70,4 @@ ANALYZE datesync.task;
 -- name: task_release_ready
 -- The catch-up scan's release of waiting dates whose upstream dates have synced (datesync.task_release_ready):
 -- one whose upstream settled while its batch was being expanded, or a ledger edited by hand.
-SELECT datesync.task_release_ready();
+SELECT datesync.task_release_ready(NULL, true);
