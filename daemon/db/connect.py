@@ -14,6 +14,7 @@ from asyncpg.pool import PoolConnectionProxy
 from datesync.daemon.backoff import Backoff
 from datesync.daemon.db import dates, refusals
 from datesync.daemon.db import dsn as dsns
+from datesync.daemon.db.pool import FairPool
 from datesync.daemon.errors import DatabaseRefused, DatabaseUnavailable
 
 log = structlog.get_logger("datesync.db")
@@ -75,20 +76,23 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(dsn: str, size: int, application_name: str) -> asyncpg.Pool:
-    """The pool for ordinary queries; connections are opened lazily, up to `size`.
+    """The pool for ordinary queries; connections are opened lazily, up to `size`, and go to waiters in order.
 
     No floor (min_size=0): asyncpg re-opens a floor connection as soon as one drops, which wakes a Neon compute
     that has just suspended, and while the database is away it logs a traceback on every retry."""
-    pool = await asyncpg.create_pool(
+    pool = FairPool(  # asyncpg's pool, serving waiters in arrival order (pool.py says why)
         **_options(dsn, application_name),
         min_size=0,
         max_size=size,
+        max_queries=50_000,  # asyncpg's default
         init=_init_connection,
         reset=_keep_session,
         max_inactive_connection_lifetime=120,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
     )
-    assert pool is not None
-    return pool
+    return await pool
 
 
 async def wait_until_reachable(

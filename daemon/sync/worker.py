@@ -63,6 +63,18 @@ def new_worker_id() -> str:
 
 
 @dataclasses.dataclass
+class _Held:
+    """The connection a date's handler call took, while the date is to give it back (None before it was taken
+    and once the call gave it back itself)."""
+
+    conn: PoolConnectionProxy | None = None
+
+
+class _NoConnection(Exception):
+    """No connection could be taken for the date: the database is away."""
+
+
+@dataclasses.dataclass
 class Running:
     claimed: Claimed
     task: asyncio.Task[None]
@@ -113,6 +125,7 @@ class Daemon:
         self._lost_handbacks: dict[int, int] = {}  # task id -> connection-loss hand-backs in a row
         self._cleanups: set[asyncio.Future[None]] = set()  # connection give-backs of ended dates
         self._spare: list[PoolConnectionProxy] = []  # handler connections kept between dates while busy
+        self._taking = asyncio.Lock()  # held by the date taking a connection (_take_connection)
         self._idle = asyncio.Event()  # set whenever no date is running
         self._idle.set()
         self.started_at = time.monotonic()
@@ -374,26 +387,22 @@ class Daemon:
         """Run the handler once; every way it can end becomes an outcome (a cancel not ours propagates)."""
         handler = self.handlers[c.source]
         started = time.monotonic()
-        try:
-            conn = await self._take_connection()
-        except DB_FAILURES as exc:
-            # The date never started: our database is away. Not the date's fault; hand it back uncounted.
-            log.warning("date_sync_connection_lost", error=error_text(exc))
-            return Outcome(c.id, c.batch_id, Kind.RELEASED, c.attempt)
-        ctx = SyncContext(
-            day=c.day, db=conn, log=log.bind(), attempt=c.attempt, batch_id=c.batch_id, source=c.source,
-            task_id=c.id, worker=self.worker,
-            _write_progress=lambda done, total, note: self.store.write_progress(c, done, total, note),
-        )
-        ended = await run_handler(handler.sync, c.day, ctx, timeout=self.settings.task_timeout,
+        held = _Held()
+        ended = await run_handler(self._call, handler, c, held, timeout=self.settings.task_timeout,
                                   name=f"handler-{c.source}-{c.day}")
-        gone = connection_gone(conn)
-        # The connection goes back even if this date is cancelled meanwhile (a pool that never gets it back would
-        # hold the process at its close); drain waits for these.
-        cleanup = asyncio.ensure_future(self._after_handler(conn, handler.session_safe, ended, gone))
-        self._cleanups.add(cleanup)
-        cleanup.add_done_callback(self._cleanups.discard)
-        await asyncio.shield(cleanup)
+        if isinstance(ended.error, _NoConnection):
+            # The date never started: our database is away. Not the date's fault; hand it back uncounted.
+            log.warning("date_sync_connection_lost", error=error_text(ended.error.__cause__ or ended.error))
+            return Outcome(c.id, c.batch_id, Kind.RELEASED, c.attempt)
+        conn = held.conn
+        gone = conn is not None and connection_gone(conn)
+        if conn is not None:
+            # The connection goes back even if this date is cancelled meanwhile (a pool that never gets it back
+            # would hold the process at its close); drain waits for these.
+            cleanup = asyncio.ensure_future(self._after_handler(conn, handler.session_safe, ended, gone))
+            self._cleanups.add(cleanup)
+            cleanup.add_done_callback(self._cleanups.discard)
+            await asyncio.shield(cleanup)
         if ended.interrupted:
             return self._interrupted(c)
         if ended.timed_out:
@@ -413,6 +422,26 @@ class Daemon:
         log.info("date_sync_succeeded", rows=rows, seconds=round(time.monotonic() - started, 3))
         metrics.TASK_SECONDS.labels(c.source).observe(time.monotonic() - started)
         return Outcome(c.id, c.batch_id, Kind.SUCCEEDED, c.attempt, rows=rows)
+
+    async def _call(self, handler: Handler, c: Claimed, held: _Held) -> object:
+        """The handler's own task (attempt.py): take a connection, run the handler, and give a connection that
+        needs no reset straight back. Dates claimed together start together; a handler that never waits then holds
+        its connection only while it runs, so they share one instead of each holding one until its date's task
+        resumes, turns later. Every other ending leaves the connection in `held`, for the date to give back."""
+        try:
+            held.conn = await self._take_connection()
+        except DB_FAILURES as exc:
+            raise _NoConnection from exc
+        ctx = SyncContext(
+            day=c.day, db=held.conn, log=log.bind(), attempt=c.attempt, batch_id=c.batch_id, source=c.source,
+            task_id=c.id, worker=self.worker,
+            _write_progress=lambda done, total, note: self.store.write_progress(c, done, total, note),
+        )
+        result = await handler.sync(c.day, ctx)
+        if (handler.session_safe or self.pooled) and self._keepable(held.conn):  # no await from here on
+            self._spare.append(held.conn)
+            held.conn = None
+        return result
 
     def _hand_back_lost(self, c: Claimed) -> bool:
         """Whether to hand back a date whose connection broke under it, uncounted. A handler that closes ctx.db
@@ -463,23 +492,31 @@ class Daemon:
     # -- handler connections ------------------------------------------------------------------------
 
     async def _take_connection(self) -> PoolConnectionProxy:
-        while self._spare:
-            spare = self._spare.pop()
-            if not connection_gone(spare):
-                return spare
-            await self.pool.release(spare)
-        conn: PoolConnectionProxy = await self.pool.acquire()
-        return conn
+        # One date at a time: while it opens a connection, the dates that started with it wait rather than open
+        # one each, and a handler that never waits gives its connection back before the next of them looks (the
+        # bench's no-op drain at concurrency 10 opened all 12 otherwise). The cost: after an idle spell (the pool
+        # closes connections unused for 120 s), dates with slow handlers open their connections one after another.
+        async with self._taking:
+            while self._spare:
+                spare = self._spare.pop()
+                if not connection_gone(spare):
+                    return spare
+                await self.pool.release(spare)
+            conn: PoolConnectionProxy = await self.pool.acquire()
+            return conn
 
     async def _give_back_connection(self, conn: PoolConnectionProxy, *, keep: bool) -> None:
         """Keep a date's connection for the next date while the daemon is busy: a pool acquire and release cost an
         event-loop task each (asyncpg shields the release), a fifth of the daemon's time at short dates. Only a
         connection left clean by a date that ended normally is kept; the rest go back through the pool's reset."""
-        if keep and not connection_gone(conn) and not conn.is_in_transaction() and not self._stopping.is_set():
+        if keep and self._keepable(conn):
             self._spare.append(conn)
             return
         with contextlib.suppress(*DB_FAILURES):
             await asyncio.shield(self.pool.release(conn))
+
+    def _keepable(self, conn: PoolConnectionProxy) -> bool:
+        return not connection_gone(conn) and not conn.is_in_transaction() and not self._stopping.is_set()
 
     async def _release_spare_connections(self) -> None:
         """Hand kept connections back to the pool once no date runs, so that an idle daemon holds none."""
