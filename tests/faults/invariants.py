@@ -280,6 +280,12 @@ def file_overlaps(path: Path, deaths: Mapping[int, datetime.datetime] | None = N
     return found
 
 
+# Engine bug (reported, reproduced by test_dependency_faults): an upstream date that runs out of attempts through
+# a lease expiry (task_requeue_expired) fails its waiting downstream dates in that transaction, but nothing writes
+# their events. Until fixed, a downstream failure without an event is ordered by the tasks' finish times instead
+# and not reported; set False to see them.
+KNOWN_UNLOGGED = True
+
 # A date failed because an upstream date failed for good: "<source> <YYYY-MM-DD> failed[: its error]".
 UPSTREAM_FAILURE = r"^(\S+) ([0-9]{4}-[0-9]{2}-[0-9]{2}) failed"
 
@@ -349,7 +355,7 @@ async def check_dependencies(conn: asyncpg.Connection) -> list[str]:
     for r in await conn.fetch(
         """
         WITH f AS (
-            SELECT t.id, t.source, t.day, t.error, m[1] AS up, m[2]::date AS up_day, e.id AS failed_at,
+            SELECT t.id, t.source, t.day, t.error, t.finished_at, m[1] AS up, m[2]::date AS up_day, e.id AS failed_at,
                    e.xmin AS failed_in
             FROM datesync.task t
             LEFT JOIN LATERAL regexp_match(t.error, $1) m ON true
@@ -361,14 +367,19 @@ async def check_dependencies(conn: asyncpg.Connection) -> list[str]:
         SELECT f.*,
                EXISTS (SELECT 1 FROM datesync.dependency dep WHERE dep.source = f.source AND dep.upstream = f.up
                        AND f.up_day BETWEEN f.day + dep.lo AND f.day + dep.hi) AS in_window,
-               EXISTS (SELECT 1 FROM datesync.task u JOIN datesync.event e ON e.task_id = u.id AND e.state = 'failed'
+               EXISTS (SELECT 1 FROM datesync.task u LEFT JOIN datesync.event e ON e.task_id = u.id
+                                                                         AND e.state = 'failed'
                        WHERE u.source = f.up AND u.day = f.up_day AND u.state = 'failed'
-                         AND (e.id < f.failed_at OR e.xmin = f.failed_in)) AS upstream_failed
+                         AND (e.id < f.failed_at OR e.xmin = f.failed_in
+                              -- no event to order by (KNOWN_UNLOGGED): the tasks' own times
+                              OR (f.failed_at IS NULL AND u.finished_at <= f.finished_at))) AS upstream_failed
         FROM f
         ORDER BY f.id
         """, UPSTREAM_FAILURE
     ):
         where = f"task {r['id']} ({r['source']} {r['day']}) failed without running"
+        if r["failed_at"] is None and not KNOWN_UNLOGGED:
+            p.append(f"{where}, and no event says so")
         if r["up"] is None:
             p.append(f"{where}, and its error names no upstream date: {r['error']!r}")
         elif not r["in_window"]:
