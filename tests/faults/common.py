@@ -47,13 +47,17 @@ class Scale:
     load_posts: int = 200  # concurrent POSTs of overlapping ranges
     load_sse: int = 200  # concurrent SSE clients
     corpus_rounds: int = 1  # passes over the hostile-input corpus (later passes vary the fuzzed parts)
+    dep_days: int = 18  # days of the dependent-sources scenario (orders, rollup after it, trail after a window)
+    dep_kills: int = 3  # SIGKILLs across it
+    dep_linked: int = 0  # with_upstream requests among its batches (tiny race: see dependency_scenarios)
+    dep_crash_rounds: int = 2  # SIGKILLs while an upstream success that releases dates commits
 
 
 SUITE = Scale()
 SOAK = Scale(
     kill_dates=400, kills=30, finish_kill_rounds=6, sigterms=6, overlap_batches=40, overlap_window=90,
     skew_dates=24, db_restarts=6, backend_kills=8, listener_kills=5, handler_dates=6, load_posts=500, load_sse=400,
-    corpus_rounds=3,
+    corpus_rounds=3, dep_days=60, dep_kills=10, dep_linked=2, dep_crash_rounds=6,
 )
 
 
@@ -70,6 +74,7 @@ class Figures:
     dates: int = 0  # dates (tasks) that reached a final state
     runs: int = 0  # handler invocations
     failed_by_faults: int = 0  # good dates out of attempts because of the faults (allowed by the rules)
+    failed_by_upstream: int = 0  # downstream dates failed without running, their upstream date failed for good
     overlaps: int = 0
     bad_inputs: int = 0
     requests: int = 0

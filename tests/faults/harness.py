@@ -67,6 +67,7 @@ async def settle(fig: Figures, conn: asyncpg.Connection, fleet: Fleet, rules: in
     fig.problems += report.problems
     fig.dates, fig.runs, fig.overlaps = report.dates, report.runs, report.overlaps
     fig.failed_by_faults = report.failed_by_faults
+    fig.failed_by_upstream = report.failed_by_upstream
     fig.kills, fig.sigterms = fig.kills + fleet.kills, fig.sigterms + fleet.sigterms
     if fig.problems:
         fig.details = fleet.logs()

@@ -27,6 +27,7 @@ class Rules:
 
     max_attempts: int = 3
     fail_dates: frozenset[datetime.date] = frozenset()
+    fail_sources: frozenset[str] = frozenset()  # the sources whose fail_dates always fail (empty: every source)
     # Errors that may fail a good date once it ran out of attempts because of the faults themselves (each
     # interrupted attempt counts): a lease that expired under a killed daemon, a connection that was cut.
     fault_errors: tuple[str, ...] = ("lease expired",)
@@ -42,6 +43,7 @@ class Report:
     skipped: int = 0
     cancelled: int = 0
     failed_by_faults: int = 0  # good dates that ran out of attempts because of the faults (allowed by the rules)
+    failed_by_upstream: int = 0  # dates of a downstream source failed, unrun, because an upstream date failed
     runs: int = 0  # handler invocations
     overlaps: int = 0
 
@@ -56,18 +58,27 @@ async def check(
     run_file: Path | None = None,
     logs: Iterable[tuple[int, str]] = (),
 ) -> Report:
-    """Every invariant of issue 9 after a scenario has settled (no daemon working any more)."""
+    """Every invariant of issue 9 after a scenario has settled (no daemon working any more), and those of issue 21
+    when sources depend on each other (check_dependencies)."""
     report = Report()
     p = report.problems
     for row in await conn.fetch("SELECT id, state::text FROM datesync.batch WHERE state IN ('queued', 'running')"):
         p.append(f"batch {row['id']} is still {row['state']}")
     for row in await conn.fetch(
-            "SELECT id, batch_id, day, state::text, lease_owner FROM datesync.task "
-            "WHERE state IN ('queued', 'running')"):
-        p.append(f"task {row['id']} (batch {row['batch_id']}, {row['day']}) left {row['state']} "
-                 f"(lease {row['lease_owner']})")
+            "SELECT t.id, t.batch_id, t.source, t.day, t.state::text, t.lease_owner, "
+            "CASE WHEN t.state = 'waiting' THEN datesync.waiting_for(t.source, t.day, b.after_batches) END AS upstream "
+            "FROM datesync.task t JOIN datesync.batch b ON b.id = t.batch_id "
+            "WHERE t.state IN ('waiting', 'queued', 'running')"):
+        what = (f"waiting for {row['upstream']}" if row["state"] == "waiting" else f"lease {row['lease_owner']}")
+        p.append(f"task {row['id']} (batch {row['batch_id']}, {row['source']} {row['day']}) left {row['state']} "
+                 f"({what})")
     for row in await counts_mismatch(conn):
         p.append(f"batch {row['id']} counts differ from its tasks: {dict(row)}")
+    for row in await conn.fetch(
+            "SELECT b.id, b.waiting, count(t.id) FILTER (WHERE t.state = 'waiting') AS tasks FROM datesync.batch b "
+            "LEFT JOIN datesync.task t ON t.batch_id = b.id GROUP BY b.id "
+            "HAVING b.waiting <> count(t.id) FILTER (WHERE t.state = 'waiting')"):
+        p.append(f"batch {row['id']} counts {row['waiting']} waiting dates, its tasks {row['tasks']}")
     for row in await conn.fetch(
         """
         SELECT b.id, b.state::text AS state, b.days, b.cancel_requested, count(t.id) AS tasks,
@@ -81,7 +92,8 @@ async def check(
             p.append(f"batch {row['id']} ended {row['state']}, expected {expected}: {dict(row)}")
         if row["tasks"] not in (0, row["days"]) or (row["tasks"] == 0 and row["state"] != "cancelled"):
             p.append(f"batch {row['id']} has {row['tasks']} tasks for {row['days']} days ({row['state']})")
-    await _task_rules(conn, rules, report)
+    downstream = {r["source"] for r in await conn.fetch("SELECT DISTINCT source FROM datesync.dependency")}
+    await _task_rules(conn, rules, report, downstream)
     await _skip_rules(conn, p)
     for row in await conn.fetch(
             "SELECT d.source, d.day FROM datesync.day d WHERE d.status = 'running' AND NOT EXISTS "
@@ -103,10 +115,12 @@ async def check(
         pairs = await log_overlaps(conn, deaths or {}, run_ends(logs))
     report.overlaps = len(pairs)
     p.extend(f"runs overlapped: {pair}" for pair in pairs[:20])
+    if downstream:
+        p.extend(await check_dependencies(conn))
     return report
 
 
-async def _task_rules(conn: asyncpg.Connection, rules: Rules, report: Report) -> None:
+async def _task_rules(conn: asyncpg.Connection, rules: Rules, report: Report, downstream: set[str]) -> None:
     p = report.problems
     rows = await conn.fetch(
         """
@@ -122,7 +136,11 @@ async def _task_rules(conn: asyncpg.Connection, rules: Rules, report: Report) ->
     for t in rows:
         where = f"task {t['id']} (batch {t['batch_id']}, {t['day']}, attempt {t['attempt']})"
         state = t["state"]
-        failing = t["day"] in rules.fail_dates
+        failing = t["day"] in rules.fail_dates and (not rules.fail_sources or t["source"] in rules.fail_sources)
+        if state == "failed" and t["attempt"] == 0 and t["source"] in downstream:
+            report.failed += 1
+            report.failed_by_upstream += 1  # never ran: check_dependencies judges it
+            continue
         if state == "succeeded":
             report.succeeded += 1
             if failing:
@@ -260,3 +278,127 @@ def file_overlaps(path: Path, deaths: Mapping[int, datetime.datetime] | None = N
                     found.append(f"{source} {day}: pid {a['pid']} attempt {a['attempt']} [{a_start:.3f}, {a_end:.3f}] "
                                  f"and pid {b['pid']} attempt {b['attempt']} [{b_start:.3f}, {b_end:.3f}]")
     return found
+
+
+# Engine bug (reported, reproduced by test_dependency_faults): an upstream date that runs out of attempts through
+# a lease expiry (task_requeue_expired) fails its waiting downstream dates in that transaction, but nothing writes
+# their events. Until fixed, a downstream failure without an event is ordered by the tasks' finish times instead
+# and not reported; set False to see them.
+KNOWN_UNLOGGED = True
+
+# A date failed because an upstream date failed for good: "<source> <YYYY-MM-DD> failed[: its error]".
+UPSTREAM_FAILURE = r"^(\S+) ([0-9]{4}-[0-9]{2}-[0-9]{2}) failed"
+
+
+async def check_dependencies(conn: asyncpg.Connection) -> list[str]:
+    """The invariants of issue 21 after a scenario has settled, for every dependency in datesync.dependency:
+
+    - no date of a downstream source was claimed before a success of each of its upstream dates had committed
+      (the event log, in commit order: event_serialize), and no run of one started before a successful upstream
+      run had finished and its outcome been written (datesync_demo.run_log against the upstream task);
+    - a downstream date failed without running names an upstream date of its window that had failed for good
+      (committed before, or in the same transaction: its events are ordered by batch and date there), and has
+      no run;
+    - a downstream day synced on upstream days that are still the ones it was built on is not older than them,
+      unless it is marked stale.
+    Runs overlapping (never twice at once) and dates left waiting are checked by check() for every source."""
+    p: list[str] = []
+    for r in await conn.fetch(
+        """
+        WITH ev AS (
+            SELECT e.id, e.task_id, e.day, b.source, e.state, e.attempt
+            FROM datesync.event e JOIN datesync.batch b ON b.id = e.batch_id
+            WHERE e.kind = 'task' AND NOT coalesce(e.data ? 'progress', false)
+        ), need AS (
+            SELECT c.id, c.task_id, c.source, c.day, c.attempt, dep.upstream, (c.day + g)::date AS up_day
+            FROM ev c JOIN datesync.dependency dep ON dep.source = c.source
+            CROSS JOIN LATERAL generate_series(dep.lo, dep.hi) g
+            WHERE c.state = 'running'
+        )
+        SELECT n.*, (SELECT min(u.id) FROM ev u WHERE u.source = n.upstream AND u.day = n.up_day
+                     AND u.state = 'succeeded') AS first_success
+        FROM need n
+        WHERE NOT EXISTS (SELECT 1 FROM ev u WHERE u.source = n.upstream AND u.day = n.up_day
+                          AND u.state = 'succeeded' AND u.id < n.id)
+        ORDER BY n.id
+        """
+    ):
+        p.append(f"task {r['task_id']} ({r['source']} {r['day']}) was claimed (event {r['id']}, attempt "
+                 f"{r['attempt']}) before {r['upstream']} {r['up_day']} had succeeded (first success: event "
+                 f"{r['first_success']})")
+    if await conn.fetchval("SELECT to_regclass('datesync_demo.run_log') IS NOT NULL"):
+        for r in await conn.fetch(
+            """
+            SELECT r.id, r.source, r.day, r.worker, r.attempt, r.started_at, dep.upstream, (r.day + g)::date AS up_day,
+                   (SELECT min(u.finished_at) FROM datesync_demo.run_log u
+                    WHERE u.source = dep.upstream AND u.day = r.day + g AND u.error IS NULL) AS first_end
+            FROM datesync_demo.run_log r JOIN datesync.dependency dep ON dep.source = r.source
+            CROSS JOIN LATERAL generate_series(dep.lo, dep.hi) g
+            WHERE NOT EXISTS (
+                SELECT 1 FROM datesync_demo.run_log u
+                JOIN datesync.task t ON t.batch_id = u.batch_id AND t.source = u.source AND t.day = u.day
+                WHERE u.source = dep.upstream AND u.day = r.day + g AND u.error IS NULL
+                  AND u.finished_at < r.started_at AND t.state = 'succeeded' AND t.attempt = u.attempt
+                  AND t.finished_at < r.started_at)
+            ORDER BY r.id
+            """
+        ):
+            p.append(f"run {r['id']} of {r['source']} {r['day']} ({r['worker']} attempt {r['attempt']}) started at "
+                     f"{r['started_at']} before a successful run of {r['upstream']} {r['up_day']} had ended and "
+                     f"been written (first successful end: {r['first_end']})")
+        for r in await conn.fetch(
+                "SELECT t.id, t.source, t.day, count(l.id) AS runs FROM datesync.task t "
+                "JOIN datesync_demo.run_log l ON l.batch_id = t.batch_id AND l.source = t.source AND l.day = t.day "
+                "WHERE t.state = 'failed' AND t.attempt = 0 GROUP BY t.id"):
+            p.append(f"task {r['id']} ({r['source']} {r['day']}) failed without an attempt but ran {r['runs']} "
+                     "time(s)")
+    for r in await conn.fetch(
+        """
+        WITH f AS (
+            SELECT t.id, t.source, t.day, t.error, t.finished_at, m[1] AS up, m[2]::date AS up_day, e.id AS failed_at,
+                   e.xmin AS failed_in
+            FROM datesync.task t
+            LEFT JOIN LATERAL regexp_match(t.error, $1) m ON true
+            LEFT JOIN LATERAL (SELECT e.id, e.xmin FROM datesync.event e WHERE e.task_id = t.id AND e.state = 'failed'
+                               ORDER BY e.id DESC LIMIT 1) e ON true
+            WHERE t.state = 'failed' AND t.attempt = 0
+              AND t.source IN (SELECT source FROM datesync.dependency)
+        )
+        SELECT f.*,
+               EXISTS (SELECT 1 FROM datesync.dependency dep WHERE dep.source = f.source AND dep.upstream = f.up
+                       AND f.up_day BETWEEN f.day + dep.lo AND f.day + dep.hi) AS in_window,
+               EXISTS (SELECT 1 FROM datesync.task u LEFT JOIN datesync.event e ON e.task_id = u.id
+                                                                         AND e.state = 'failed'
+                       WHERE u.source = f.up AND u.day = f.up_day AND u.state = 'failed'
+                         AND (e.id < f.failed_at OR e.xmin = f.failed_in
+                              -- no event to order by (KNOWN_UNLOGGED): the tasks' own times
+                              OR (f.failed_at IS NULL AND u.finished_at <= f.finished_at))) AS upstream_failed
+        FROM f
+        ORDER BY f.id
+        """, UPSTREAM_FAILURE
+    ):
+        where = f"task {r['id']} ({r['source']} {r['day']}) failed without running"
+        if r["failed_at"] is None and not KNOWN_UNLOGGED:
+            p.append(f"{where}, and no event says so")
+        if r["up"] is None:
+            p.append(f"{where}, and its error names no upstream date: {r['error']!r}")
+        elif not r["in_window"]:
+            p.append(f"{where}, naming {r['up']} {r['up_day']}, which it does not wait for: {r['error']!r}")
+        elif not r["upstream_failed"]:
+            p.append(f"{where}, naming {r['up']} {r['up_day']}, which had not failed for good (by then): "
+                     f"{r['error']!r}")
+    for r in await conn.fetch(
+        """
+        SELECT d.source, d.day, d.synced_at, dep.upstream, (d.day + g)::date AS up_day, u.status::text AS up_status,
+               u.synced_at AS up_synced_at
+        FROM datesync.day d JOIN datesync.dependency dep ON dep.source = d.source
+        CROSS JOIN LATERAL generate_series(dep.lo, dep.hi) g
+        LEFT JOIN datesync.day u ON u.source = dep.upstream AND u.day = d.day + g
+        WHERE d.status = 'success' AND d.stale_since IS NULL
+          AND (u.status IS DISTINCT FROM 'success' OR u.synced_at > d.synced_at)
+        ORDER BY d.source, d.day
+        """
+    ):
+        p.append(f"day {r['source']} {r['day']} is a success (synced {r['synced_at']}, not stale) but "
+                 f"{r['upstream']} {r['up_day']} is {r['up_status']} (synced {r['up_synced_at']})")
+    return p

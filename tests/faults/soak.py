@@ -20,7 +20,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 
-from tests.faults import abuse, edge_scenarios, scenarios
+from tests.faults import abuse, dependency_scenarios, edge_scenarios, scenarios
 from tests.faults.common import SOAK, Figures, Scale
 from tests.faults.dbs import DedicatedServer, dedicated_server, fresh_database
 
@@ -30,6 +30,8 @@ ServerScenario = Callable[[DedicatedServer, int, Scale], Awaitable[Figures]]
 DB_SCENARIOS: dict[str, DbScenario] = {
     **scenarios.PROCESS_SCENARIOS,
     "handler_edges": edge_scenarios.handler_edges,
+    "dependent_sources": dependency_scenarios.dependent_sources,
+    "kill_after_upstream_success": dependency_scenarios.kill_after_upstream_success,
     "hostile_http": abuse.hostile_http,
     "hostile_sql": abuse.hostile_sql,
     "forged_sql": abuse.forged_sql,
@@ -51,6 +53,7 @@ CATEGORIES = {  # the table's rows
                  "backends_terminated", "listener_terminated",
                  "startup_waits_for_database", "startup_gives_up"),
     "handler": ("handler_faults", "handler_edges"),
+    "dependencies": ("dependent_sources", "kill_after_upstream_success"),
     "hostile input": ("hostile_http", "hostile_sql", "forged_sql"),
     "load": ("load", "idempotent_retry"),
     "security": ("security", "web_database_down"),
@@ -58,7 +61,8 @@ CATEGORIES = {  # the table's rows
 
 COLUMNS = [("runs", "runs"), ("kills", "SIGKILL"), ("sigterms", "SIGTERM"), ("db_restarts", "pg restarts"),
            ("backend_kills", "conns cut"), ("dates", "dates"), ("runs_", "handler runs"),
-           ("failed_by_faults", "out of tries"), ("overlaps", "overlaps"), ("bad_inputs", "bad inputs"),
+           ("failed_by_faults", "out of tries"), ("failed_by_upstream", "upstream failed"), ("overlaps", "overlaps"),
+           ("bad_inputs", "bad inputs"),
            ("requests", "requests"), ("http_5xx", "5xx"), ("problems", "broken"), ("seconds", "s")]
 
 
