@@ -22,15 +22,12 @@ async def test_a_sigkill_as_the_upstream_success_commits_loses_no_release(dsn: s
     assert fig.kills == SUITE.dep_crash_rounds
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug (reported): a downstream batch expanded after its linked upstream "
-                                       "date failed for good waits for ever")
 async def test_a_with_upstream_request_whose_upstream_date_fails_before_its_expansion_still_ends(dsn: str) -> None:
     """`with_upstream` links rollup's batch after the orders batch it requests: it is expanded once that batch is,
     not once it has ended. When the orders date fails for good in between (a fast failure, max_attempts 1, or a
-    daemon killed while expanding rollup's batch, whose next scan is a poll away), no release ever comes: the
-    failure's trigger found no waiting date, the expansion's release (task_release_ready) only queues dates, never
-    fails them. rollup's date waits for ever and its batch never ends (the dependent_sources scenario of the soak
-    can meet this with its with_upstream requests)."""
+    daemon killed while expanding rollup's batch), the failure's trigger finds no waiting date: the expansion (and
+    the catch-up scan) must fail it, seeing the ledger's failure with nothing left to run it again. Before that,
+    rollup's date waited for ever and its batch never ended."""
     conn = await connect(dsn, "datesync-faults")
     try:
         for name in ("orders", "rollup"):
@@ -57,14 +54,12 @@ async def test_a_with_upstream_request_whose_upstream_date_fails_before_its_expa
         await conn.close()
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug (reported): a downstream date failed by a lease expiry's failure "
-                                       "gets no event")
 async def test_a_downstream_date_failed_through_an_upstream_lease_expiry_gets_its_event(dsn: str) -> None:
     """An orders date whose daemon died during its last attempt fails when another daemon takes its lease back
     (task_requeue_expired, daemon/sync/store.py requeue_expired). The trigger fails rollup's waiting date in that
-    transaction, but the events written are those of the expired rows only: the moved dates noted in
-    'datesync.moved' are never read there (task_finish alone reads them), so SSE and the page never hear of the
-    failure. Seen in the dependent_sources scenario when a SIGKILL hits a last attempt."""
+    transaction, and its event must be written there too (event_log_tasks reads the moves the trigger noted); it
+    once was not, so SSE and the page never heard of the failure (seen in the dependent_sources scenario when a
+    SIGKILL hit a last attempt)."""
     from datesync.daemon.db.queries import q
 
     conn = await connect(dsn, "datesync-faults")
