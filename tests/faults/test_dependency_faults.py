@@ -3,8 +3,6 @@ a date twice at once, fail down the graph, and lose no release to a SIGKILL (tes
 
 from __future__ import annotations
 
-import pytest
-
 from datesync.daemon.db.connect import connect
 from tests.faults import dependency_scenarios
 from tests.faults.common import SUITE, day
