@@ -1,20 +1,25 @@
 """The status page in a real browser against a real server, daemon and database: loading, a live 7-day
 backfill, the server's validation errors next to their fields, cancel, retry, the heat map, the token, the
-event stream's resume, and the Chinese view."""
+event stream's resume, the Chinese view, and sources that depend on each other (waiting and stale dates)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import re
 from collections.abc import AsyncIterator
 
+import asyncpg
 import httpx
 import pytest
 from playwright.async_api import Locator, expect
 
+from datesync.daemon.runtime import migrate_and_register
 from datesync.daemon.settings import Settings
+from datesync.daemon.sync import handlers
+from datesync.daemon.sync.worker import Daemon
 from tests.e2e.conftest import OpenPage, Watched
 from tests.support.server import Live, live_server
 
@@ -35,6 +40,31 @@ async def served(dsn: str, monkeypatch: pytest.MonkeyPatch, *, delay_ms: int = 5
     base = Settings(retry_delay=0.05, poll_interval=5, max_attempts=2)
     async with live_server(dsn, base.replace(**settings), daemon=daemon) as live:
         yield live
+
+
+@contextlib.asynccontextmanager
+async def served_graph(dsn: str) -> AsyncIterator[Live]:
+    """Sources orders and rollup (rollup's dates wait for orders' same dates), both `noop`, beside the default
+    source, configured as a deployment is: DATESYNC_SOURCES and DATESYNC_ROLLUP_AFTER."""
+    settings = Settings.from_env({"DATESYNC_SOURCES": "orders=noop,rollup=noop", "DATESYNC_ROLLUP_AFTER": "orders",
+                                  "LOG_FORMAT": "json"}).replace(retry_delay=0.05, poll_interval=5, max_attempts=2)
+    sources = {name: spec.handler for name, spec in settings.all_sources.items()}
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate_and_register(conn, settings, sources)
+    finally:
+        await conn.close()
+    # live_server's own daemon serves the default source only: this one serves all three, as `datesync run` would.
+    async with live_server(dsn, settings) as live:
+        worker = Daemon(live.state.settings, live.state.pool,
+                        {name: handlers.load(spec, name) for name, spec in sources.items()}, dsn, grace=2)
+        live.state.wake_daemon = worker.wake
+        running = asyncio.create_task(worker.run())
+        try:
+            yield dataclasses.replace(live, daemon=worker)
+        finally:
+            worker.request_stop()
+            await asyncio.wait_for(running, 15)
 
 
 async def ready(w: Watched) -> None:
@@ -377,3 +407,75 @@ async def test_the_unreachable_notice_goes_once_the_server_is_back(
         await w.context.set_offline(False)
         await expect(page.locator("#conn")).to_have_attribute("data-state", "open")
         await expect(page.locator("#notice")).to_be_hidden()
+
+
+async def test_a_waiting_date_and_a_stale_date(open_page: OpenPage, dsn: str) -> None:
+    """Sources orders and rollup: the calendar's source selector, a stale date in its own colour, and a waiting
+    date that says what it waits for (issue 21)."""
+    synced, waits = day(-5), day(-3)
+    async with served_graph(dsn) as live:
+        w = await open_page(live.base_url)
+        await ready(w)
+        page = w.page
+        # The calendar shows one source at a time, chosen beside it.
+        await expect(page.locator("#hm-source option")).to_have_text(
+            ["default (demo)", "orders (noop)", "rollup (noop)"])
+        await page.select_option("#hm-source", "rollup")
+        cell = page.locator(f'td.cell[data-day="{synced}"]')
+        await expect(cell).to_have_attribute("data-status", "missing")
+
+        # rollup's date with its upstream date: orders' batch is requested first, and the answer says so.
+        await page.select_option("#source", "rollup")
+        await page.check("#with_upstream")
+        await start_from_form(w, synced, synced)
+        await expect(page.locator("#form-message")).to_contain_text("requested for orders")
+        await expect(cell).to_have_attribute("data-status", "success")
+
+        # A forced re-sync of orders' date outdates rollup's: the stale colour, the legend's word, and the tooltip
+        # naming the re-sync (from the stream's "day" event).
+        await page.uncheck("#with_upstream")
+        await page.select_option("#source", "orders")
+        await page.check("#force")
+        await start_from_form(w, synced, synced)
+        await expect(page.locator("#form-message")).to_contain_text("Batch sync started: 1 day")
+        await expect(cell).to_have_attribute("data-status", "stale")
+        colour = "el => getComputedStyle(el).backgroundColor"
+        swatch = page.locator('.legend .swatch[data-status="stale"]')
+        await expect(swatch.locator("xpath=..")).to_have_text("Stale")
+        stale_colour = await swatch.evaluate(colour)
+        assert await cell.evaluate(colour) == stale_colour
+        assert stale_colour != await page.locator('.legend .swatch[data-status="success"]').evaluate(colour)
+        await cell.hover()
+        await expect(page.locator("#hm-tip")).to_contain_text("Stale")
+        await expect(page.locator("#hm-tip")).to_contain_text(f"re-sync of orders {synced}")
+        await expect(page.locator("#card-stale")).to_have_text("1 stale")
+
+        # rollup alone for a date whose orders date never synced: it waits, and its batch's dates say for what.
+        await page.uncheck("#force")
+        await page.select_option("#source", "rollup")
+        await start_from_form(w, waits, waits)
+        await expect(page.locator("#form-message")).to_contain_text("1 of its days waits for upstream dates")
+        # The fourth batch (orders and rollup, the forced orders, this one); held by its id, as more come.
+        await expect(page.locator("li.batch")).to_have_count(4)
+        item = batch(w, int(await batch(w).get_attribute("data-id") or 0))
+        await expect(item.locator(".stat-waiting dd")).to_have_text("1")
+        await item.locator(".batch-toggle").click()
+        row = item.locator(f'tbody tr[data-day="{waits}"]')
+        await expect(row.locator("td").nth(1)).to_have_text("Waiting")
+        await expect(row.locator("td").nth(5)).to_have_text(f"Waiting for orders {waits}")
+        await expect(page.locator("#card-waiting")).to_contain_text("1 waiting")
+
+        # In Chinese too.
+        await page.select_option("#lang", "zh")
+        await expect(row.locator("td").nth(5)).to_have_text(f"等待 orders {waits}")
+        await expect(swatch.locator("xpath=..")).to_have_text("待刷新")
+
+        # Once orders' date syncs, the waiting date is released and runs, live.
+        await page.select_option("#lang", "en")
+        await page.select_option("#source", "orders")
+        await start_from_form(w, waits, waits)
+        await expect(row.locator("td").nth(1)).to_have_text("Succeeded")
+        await expect(row.locator("td").nth(5)).to_have_text("")
+        await expect(item.locator(".stat-waiting")).to_be_hidden()
+        await expect(page.locator("#card-waiting")).to_be_hidden()
+        assert w.errors == []

@@ -4,14 +4,16 @@
 import { apply, lang, onLangChange, setLang, t, tn } from "./i18n.js";
 import { ApiError, EVENTS_URL, allRecords, api, getToken, setToken } from "./api.js";
 import { BatchList } from "./batches.js";
-import { Heatmap } from "./heatmap.js";
+import { Heatmap, renderLegend } from "./heatmap.js";
 import { Stream } from "./stream.js";
-import { addDays, fmtDateTime, fmtDay, fmtNumber, isDay, spanDays, throttle, todayIso } from "./format.js";
+import { addDays, fmtDateTime, fmtDay, fmtDayRange, fmtNumber, isDay, spanDays, throttle, todayIso }
+  from "./format.js";
 
 const $ = (id) => document.getElementById(id);
 const PAGE = 20;
-const FIELDS = ["start_date", "end_date", "source", "force"];
+const FIELDS = ["start_date", "end_date", "source", "force", "with_upstream", "cascade"];
 const DAY_STATUS = { running: "running", succeeded: "success", failed: "failed" };
+const HEAT_SOURCE_KEY = "datesync.heatSource";
 
 const state = {
   cards: null,
@@ -21,6 +23,9 @@ const state = {
   selection: null, // [start, end, stats] chosen on the heat map
   heatSeq: 0,
   started: null, // the answer to the last start, re-rendered in the current language until the form changes
+  // "source|day" -> {upstream, upstream_day, batch_id, at}: which re-sync made a date stale, from the stream's
+  // "day" events (a day record only says since when); lasts as long as the page.
+  staleCauses: new Map(),
 };
 
 // --- messages ------------------------------------------------------------------------------------------------
@@ -45,7 +50,8 @@ function failure(error) {
 }
 
 // The API names its fields as the JSON does (start_date); next to the form, the form's own labels read better.
-const LABELS = { start_date: "form.start", end_date: "form.end", source: "form.source", force: "form.force" };
+const LABELS = { start_date: "form.start", end_date: "form.end", source: "form.source", force: "form.force",
+  with_upstream: "form.with_upstream", cascade: "form.cascade" };
 
 function inFormWords(message) {
   return FIELDS.reduce((text, f) => text.replaceAll(f, t(LABELS[f])), message);
@@ -56,6 +62,14 @@ function inFormWords(message) {
 function renderCards() {
   const c = state.cards;
   for (const k of ["synced", "failed", "running", "queued"]) $(`card-${k}`).textContent = c ? fmtNumber(c[k]) : "–";
+  // Dates waiting for upstream dates are not queued (they hold no slot), and stale ones are still synced: each is
+  // a note under the count it belongs with, shown only when there are any.
+  const sub = (id, key, n) => {
+    $(id).hidden = !(Number(n) > 0);
+    $(id).textContent = Number(n) > 0 ? tn(key, Number(n)) : "";
+  };
+  sub("card-waiting", "cards.waiting", c?.waiting);
+  sub("card-stale", "cards.stale", c?.stale);
   const last = $("card-last");
   last.textContent = !c ? "–" : c.last_success_at ? fmtDateTime(c.last_success_at) : t("cards.never");
   for (const card of document.querySelectorAll(".card")) {
@@ -115,8 +129,15 @@ function showErrors(error) {
 function renderStarted() {
   const started = state.started;
   if (!started) return;
-  const text = started.deduplicated ? t("form.deduplicated", { id: started.id }) : tn("form.started", started.days);
-  say($("form-message"), text, "ok");
+  const parts = [started.deduplicated ? t("form.deduplicated", { id: started.id }) : tn("form.started", started.days)];
+  // The API's message says the same; composed here so that it follows a language switch like the rest.
+  if (started.waiting > 0) parts.push(tn("form.waiting", started.waiting));
+  for (const b of started.linked) {
+    parts.push(t(`form.linked.${b.role === "downstream" ? "downstream" : "upstream"}`, {
+      id: b.batch_id, source: b.source, range: fmtDayRange(b.start_date, b.end_date) }));
+  }
+  const [first, ...rest] = parts;
+  say($("form-message"), rest.length ? t("form.more", { first, rest: rest.join(" ") }) : first, "ok");
 }
 
 function forgetStarted() {
@@ -143,15 +164,22 @@ async function submit(event) {
     end_date: $("end_date").value,
     force: $("force").checked,
   };
-  if (state.sources.length > 1) body.source = $("source").value;
+  if (state.sources.length > 1) {
+    body.source = $("source").value;
+    body.with_upstream = $("with_upstream").checked;
+    body.cascade = $("cascade").checked;
+  }
   button.disabled = true;
   button.textContent = t("form.sending");
   state.started = null;
   say(message, "");
   try {
     const { data } = await api.startBatch(body);
-    state.started = { id: data.batch_id, days: data.days, deduplicated: !!data.deduplicated };
+    const linked = Array.isArray(data.linked) ? data.linked : [];
+    state.started = { id: data.batch_id, days: data.days, deduplicated: !!data.deduplicated,
+      waiting: Number(data.waiting ?? 0), linked };
     renderStarted();
+    await Promise.all(linked.map((b) => loadBatch(b.batch_id)));
     await loadBatch(data.batch_id);
     reveal(data.batch_id);
     refreshCards();
@@ -173,8 +201,8 @@ function onFormChange(event) {
     $(field).removeAttribute("aria-invalid");
   }
   updateDays();
-  if (field === "source") loadHeat();
-  else if ((field === "start_date" || field === "end_date") && $("hm-period").value === "range") refreshHeat();
+  // The calendar has its own source selector: the form's source no longer moves it.
+  if ((field === "start_date" || field === "end_date") && $("hm-period").value === "range") refreshHeat();
 }
 
 function fillDefaults() {
@@ -194,19 +222,48 @@ async function loadSources() {
   } catch {
     state.sources = [];
   }
-  const select = $("source");
-  select.replaceChildren(...state.sources.map((s) => {
+  const options = () => state.sources.map((s) => {
     const option = document.createElement("option");
     option.value = s.name;
     option.textContent = s.handler && s.handler !== s.name ? `${s.name} (${s.handler})` : s.name;
     return option;
-  }));
-  if (state.sources.some((s) => s.name === "default")) select.value = "default";
-  $("source-field").hidden = state.sources.length <= 1;
+  });
+  const names = state.sources.map((s) => s.name);
+  const select = $("source");
+  select.replaceChildren(...options());
+  if (names.includes("default")) select.value = "default";
+  // The calendar shows one source's dates: the one last chosen here, else the form's.
+  const heatSelect = $("hm-source");
+  heatSelect.replaceChildren(...options());
+  const kept = stored(HEAT_SOURCE_KEY);
+  heatSelect.value = names.includes(kept) ? kept : select.value;
+  const several = state.sources.length > 1;
+  for (const id of ["source-field", "hm-source-field", "with_upstream-field", "cascade-field"]) $(id).hidden = !several;
 }
 
-function currentSource() {
-  return state.sources.length > 1 ? $("source").value : undefined;
+function stored(key) {
+  try {
+    return localStorage.getItem(key);
+  } catch {
+    return null;
+  }
+}
+
+function heatSource() {
+  return state.sources.length > 1 ? $("hm-source").value : undefined;
+}
+
+function onHeatSource() {
+  try {
+    localStorage.setItem(HEAT_SOURCE_KEY, $("hm-source").value);
+  } catch {
+    // not kept; the choice still holds for this visit
+  }
+  // A selection's counts were the other source's.
+  heat.clearSelection();
+  state.selection = null;
+  renderSelection();
+  loadHeat();
 }
 
 // --- the heat map ---------------------------------------------------------------------------------------------
@@ -214,6 +271,8 @@ function currentSource() {
 const heat = new Heatmap($("heatmap"), $("hm-tip"), (start, end, stats) => {
   $("start_date").value = start;
   $("end_date").value = end;
+  // The counts said under the calendar are its source's: the form takes that source with the dates.
+  if (heatSource() !== undefined) $("source").value = heatSource();
   clearErrors();
   forgetStarted();
   updateDays();
@@ -227,10 +286,12 @@ function renderSelection() {
     return;
   }
   const [start, end, stats] = state.selection;
-  $("hm-selection").textContent = t("heat.selected", {
+  const text = t("heat.selected", {
     from: fmtDay(start), to: fmtDay(end), n: tn("form.days", stats.days),
     missing: fmtNumber(stats.missing), failed: fmtNumber(stats.failed),
   });
+  $("hm-selection").textContent = stats.stale
+    ? `${text} ${t("heat.selected.stale", { stale: fmtNumber(stats.stale) })}` : text;
 }
 
 function heatRange() {
@@ -244,14 +305,22 @@ async function loadHeat() {
   const seq = ++state.heatSeq;
   const [from, to] = heatRange();
   try {
-    const { records } = await allRecords(from, to, currentSource());
+    const source = heatSource();
+    const { records } = await allRecords(from, to, source);
     if (seq !== state.heatSeq) return; // a newer request superseded this one
-    heat.show(from, to, new Map(records.map((r) => [r.day, r])));
+    heat.show(from, to, new Map(records.map((r) => [r.day, withCause(r, source)])));
   } catch (error) {
     if (seq !== state.heatSeq) return;
     if (!heat.table) heat.show(from, to, new Map());
     notice(failure(error));
   }
+}
+
+/** A day record with what made it stale, when this page saw it happen. */
+function withCause(record, source = "default") {
+  const cause = record.stale_since ? state.staleCauses.get(`${source}|${record.day}`) : null;
+  // The event is written after the mark, in its transaction: an older event was about an earlier staleness.
+  return cause && Date.parse(cause.at) >= Date.parse(record.stale_since) ? { ...record, stale_by: cause } : record;
 }
 
 // --- batches ---------------------------------------------------------------------------------------------------
@@ -332,18 +401,24 @@ const refreshBatches = throttle(loadBatches, 500);
 function onEvent(name, ev) {
   const known = list.applyEvent(name, ev);
   if (!known) refreshBatches();
+  const shown = heatSource() ?? "default";
   if (name === "task" && ev.day) {
     const batch = list.get(ev.batch_id);
-    const status = DAY_STATUS[ev.state];
-    const source = currentSource() ?? "default";
-    if (batch && status && (batch.source ?? "default") === source) {
+    const status = DAY_STATUS[ev.state]; // waiting and queued leave a date's record as it was
+    if (batch && status && (batch.source ?? "default") === shown) {
       const patch = { status };
       if (ev.attempt !== null && ev.attempt !== undefined) patch.attempts = ev.attempt;
       if (status === "failed") patch.error = ev.error;
-      if (status === "success") patch.error = null;
+      if (status === "success") Object.assign(patch, { error: null, stale_since: null, stale_by: null });
       heat.update(ev.day, patch);
     }
     if (list.expanded.has(Number(ev.batch_id))) refreshDetail(Number(ev.batch_id));
+  }
+  if (name === "day" && ev.state === "stale" && ev.day && ev.data?.source) {
+    // A forced re-sync of an upstream date outdated this (synced) date; the event is in the re-sync's batch.
+    const cause = { upstream: ev.data.upstream, upstream_day: ev.data.upstream_day, batch_id: ev.batch_id, at: ev.at };
+    state.staleCauses.set(`${ev.data.source}|${ev.day}`, cause);
+    if (ev.data.source === shown) heat.update(ev.day, { status: "success", stale_since: ev.at, stale_by: cause });
   }
   // A batch transition may carry no counts (a cancel): read the batch itself, once the burst has passed.
   if (name === "batch" && known) refreshDetail(Number(ev.batch_id));
@@ -443,6 +518,8 @@ function init() {
   form.addEventListener("change", onFormChange);
   form.addEventListener("input", updateDays);
   $("hm-period").addEventListener("change", loadHeat);
+  $("hm-source").addEventListener("change", onHeatSource);
+  renderLegend($("hm-legend"));
   $("refresh").addEventListener("click", () => {
     loadCards();
     loadBatches();

@@ -6,7 +6,7 @@ import { t } from "./i18n.js";
 import { fmtDateTime, fmtDay, fmtDayRange, fmtDuration, fmtNumber, fmtRate } from "./format.js";
 
 const FINAL = new Set(["succeeded", "failed", "cancelled"]);
-const COUNTS = ["queued", "running", "succeeded", "failed", "skipped", "cancelled"];
+const COUNTS = ["waiting", "queued", "running", "succeeded", "failed", "skipped", "cancelled"];
 
 export function normalizeBatch(raw) {
   const b = { ...raw, id: raw.id ?? raw.batch_id };
@@ -14,6 +14,15 @@ export function normalizeBatch(raw) {
   b.days = Number(b.days ?? 0);
   b.done = b.succeeded + b.failed + b.skipped + b.cancelled;
   return b;
+}
+
+/** What a waiting date waits for, from the server's "orders 2026-03-01, orders 2026-03-02 (failed) and 3 more",
+ * with its few English words in the page's language. */
+export function waitingText(raw) {
+  const what = String(raw)
+    .replace(/ \((failed|running)\)/g, (m, state) => ` (${t(`state.${state}`)})`)
+    .replace(/ and (\d+) more$/, (m, n) => `, ${t("tasks.waiting_more", { n })}`);
+  return t("tasks.waiting_for", { what });
 }
 
 function el(tag, props = {}, text) {
@@ -111,6 +120,8 @@ export class BatchList {
         const task = tasks.find((x) => (ev.task_id && x.id === ev.task_id) || x.day === ev.day);
         if (task) {
           task.state = ev.state;
+          // Said when the date starts waiting (the batch's expansion); any later state waits for nothing.
+          task.waiting_for = ev.state === "waiting" ? data.waiting_for ?? task.waiting_for ?? null : null;
           if (ev.attempt !== null && ev.attempt !== undefined) task.attempt = ev.attempt;
           if (ev.error !== undefined) task.error = ev.error;
           this.renderTasks(b.id);
@@ -169,7 +180,7 @@ export class BatchList {
       bar.append(el("span", { class: `seg seg-${seg}` }));
     }
     const stats = el("dl", { class: "stats" });
-    for (const key of ["done", "failed", "skipped", "rate", "eta"]) {
+    for (const key of ["done", "waiting", "failed", "skipped", "rate", "eta"]) {
       const wrap = el("div", { class: `stat stat-${key}` });
       wrap.append(el("dt"), el("dd"));
       stats.append(wrap);
@@ -232,12 +243,13 @@ export class BatchList {
     // A cancelled batch stopped part-way (and maybe long after its last date ran): no rate to speak of.
     const rate = b.state !== "cancelled" && elapsedMs && elapsedMs > 300 && worked > 0
       ? worked / (elapsedMs / 1000) : null;
-    const remaining = b.queued + b.running;
+    const remaining = b.waiting + b.queued + b.running;
     let last;
     if (final) last = [t("batch.took"), fmtDuration(elapsedMs)];
     else last = [t("batch.eta"), rate && remaining ? fmtDuration((remaining / rate) * 1000) : "–"];
     const values = {
       done: [t("batch.done"), `${fmtNumber(b.done)} / ${fmtNumber(b.days)}`],
+      waiting: [t("batch.waiting"), fmtNumber(b.waiting)],
       failed: [t("batch.failed"), fmtNumber(b.failed)],
       skipped: [t("batch.skipped"), fmtNumber(b.skipped)],
       rate: [t("batch.rate"), fmtRate(rate)],
@@ -249,6 +261,7 @@ export class BatchList {
       wrap.querySelector("dd").textContent = value;
     }
     li.querySelector(".stat-failed").classList.toggle("bad", b.failed > 0);
+    li.querySelector(".stat-waiting").hidden = !(b.waiting > 0); // only batches of a source built on others wait
   }
 
   toggle(id) {
@@ -283,7 +296,7 @@ export class BatchList {
     const table = el("table", { class: "task-table" });
     table.append(el("caption", { class: "vh" }, t("tasks.caption", { id })));
     const head = el("tr");
-    for (const k of ["day", "state", "attempts", "rows", "duration", "error"]) {
+    for (const k of ["day", "state", "attempts", "rows", "duration", "details"]) {
       head.append(el("th", { scope: "col", class: `col-${k}` }, t(`tasks.${k}`)));
     }
     const thead = el("thead");
@@ -307,7 +320,9 @@ export class BatchList {
         el("td", { class: "num" }, task.max_attempts ? `${task.attempt ?? 0} / ${task.max_attempts}` : String(task.attempt ?? 0)),
         el("td", { class: "num" }, task.rows_synced === null || task.rows_synced === undefined ? "–" : fmtNumber(task.rows_synced)),
         el("td", { class: "num" }, fmtDuration(duration)),
-        el("td", { class: "col-error" }, task.error || ""),
+        // A failed date says why; a waiting one what for.
+        el("td", { class: "col-error" }, task.state === "waiting" && task.waiting_for
+          ? waitingText(task.waiting_for) : task.error || ""),
       );
       tbody.append(row);
     }

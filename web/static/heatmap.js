@@ -6,6 +6,20 @@ import { t, locale } from "./i18n.js";
 import { addDays, fmtDateTime, fmtDayLong, fmtMonth, fmtNumber, fmtWeekday, parseDay, spanDays }
   from "./format.js";
 
+/** The statuses a cell can show, in the legend's order: the one list the legend is drawn from. "stale" is a synced
+ * date that a forced re-sync of a date it is built on (DATESYNC_<NAME>_AFTER) has outdated. */
+export const LEGEND = ["success", "stale", "failed", "running", "missing"];
+
+/** Fill the legend list; its labels carry data-i18n, so a language switch relabels them with the rest. */
+export function renderLegend(list) {
+  list.replaceChildren(...LEGEND.map((status) => {
+    const item = el("li");
+    item.append(el("span", { class: "swatch", dataset: { status } }),
+      el("span", { dataset: { i18n: `status.${status}` } }, t(`status.${status}`)));
+    return item;
+  }));
+}
+
 function firstDayOfWeek() {
   try {
     const loc = new Intl.Locale(locale());
@@ -32,7 +46,8 @@ export class Heatmap {
   /**
    * @param {HTMLElement} scroller  the scrolling box the table goes into
    * @param {HTMLElement} tip       the tooltip element (positioned inside the scroller's offset parent)
-   * @param {(start: string, end: string, stats: {days: number, missing: number, failed: number}) => void} onSelect
+   * @param {(start: string, end: string, stats: {days: number, missing: number, failed: number, stale: number})
+   *   => void} onSelect
    */
   constructor(scroller, tip, onSelect) {
     this.scroller = scroller;
@@ -152,7 +167,10 @@ export class Heatmap {
   }
 
   status(day) {
-    return this.records.get(day)?.status || "missing";
+    const record = this.records.get(day);
+    // The ledger keeps a stale date's status "success" (its data is there) and says when it went stale.
+    if (record?.status === "success" && record.stale_since) return "stale";
+    return record?.status || "missing";
   }
 
   paint(cell, day) {
@@ -193,12 +211,14 @@ export class Heatmap {
     if (!r) return;
     let missing = 0;
     let failed = 0;
+    let stale = 0;
     for (let d = r[0]; d <= r[1]; d = addDays(d, 1)) {
       const s = this.status(d);
       if (s === "missing") missing += 1;
       else if (s === "failed") failed += 1;
+      else if (s === "stale") stale += 1;
     }
-    this.onSelect(r[0], r[1], { days: spanDays(r[0], r[1]), missing, failed });
+    this.onSelect(r[0], r[1], { days: spanDays(r[0], r[1]), missing, failed, stale });
   }
 
   clearSelection() {
@@ -304,7 +324,8 @@ export class Heatmap {
     this.tipDay = day;
     const rows = [[t("tip.attempts"), record?.attempts], [t("tip.rows"), record?.rows_synced],
       [t("tip.synced_at"), record?.synced_at ? fmtDateTime(record.synced_at) : null],
-      [t("tip.batch"), record?.batch_id ? `#${record.batch_id}` : null]];
+      [t("tip.batch"), record?.batch_id ? `#${record.batch_id}` : null],
+      [t("tip.stale_since"), status === "stale" ? fmtDateTime(record.stale_since) : null]];
     const body = [el("strong", {}, fmtDayLong(day)),
       el("span", { class: "tip-status", dataset: { status } }, t(`status.${status}`))];
     const dl = el("dl");
@@ -313,6 +334,13 @@ export class Heatmap {
       dl.append(el("dt", {}, k), el("dd", {}, typeof v === "number" ? fmtNumber(v) : String(v)));
     }
     if (dl.childElementCount) body.push(dl);
+    if (status === "stale") {
+      // The cause is known when this page saw the re-sync's event; the day record itself only has the time.
+      const by = record.stale_by;
+      body.push(el("p", { class: "tip-note" }, by
+        ? t("tip.stale_by", { upstream: by.upstream, day: by.upstream_day, batch: by.batch_id })
+        : t("tip.stale_hint")));
+    }
     if (record?.error) {
       const err = String(record.error);
       body.push(el("p", { class: "tip-error" }, err.length > 240 ? `${err.slice(0, 240)}…` : err));

@@ -47,6 +47,7 @@ export class Stream {
     es.addEventListener("snapshot", (e) => this.deliver(es, "snapshot", e));
     es.addEventListener("batch", (e) => this.deliver(es, "batch", e));
     es.addEventListener("task", (e) => this.deliver(es, "task", e));
+    es.addEventListener("day", (e) => this.deliver(es, "day", e)); // a date made stale by an upstream re-sync
     es.addEventListener("error", () => {
       if (es !== this.es) return;
       if (es.readyState === EventSource.CLOSED) this.retryLater();
