@@ -66,27 +66,31 @@ class OpenLoopResult:
 
 async def open_loop(
     port: int, path: str, body: Callable[[int], dict[str, Any]], rate: float, seconds: float,
-    connections: int = 64, timeout: float = 120,
+    connections: int = 64, max_connections: int = 512, timeout: float = 300,
 ) -> OpenLoopResult:
     """POST `body(i)` to `path` at `rate` requests per second for `seconds`: request i is due at start + i / rate,
     whatever happened to the ones before it. It goes out on an idle keep-alive connection; when every connection
-    is busy a new one is opened rather than making it wait for one (its connect is then part of its latency)."""
+    is busy a new one is opened (its connect is then part of its latency), up to `max_connections`. Beyond that the
+    server is far behind (half a second at 1,000/s) and the request waits for a connection, also timed: without
+    the cap the backlog would become connections, and uvicorn answers 503 above its connection limit."""
     loop = asyncio.get_running_loop()
-    idle = [KeepAliveClient(port) for _ in range(connections)]
-    await asyncio.gather(*(client.connect() for client in idle))
-    opened = list(idle)
+    opened = [KeepAliveClient(port) for _ in range(connections)]
+    await asyncio.gather(*(client.connect() for client in opened))
+    idle: asyncio.LifoQueue[KeepAliveClient] = asyncio.LifoQueue()  # the most recently used first: warm
+    for client in opened:
+        idle.put_nowait(client)
     latencies: list[float] = []
     late = 0.0
 
     async def one(i: int, due: float) -> None:
-        if idle:
-            client = idle.pop()
-        else:
+        if idle.empty() and len(opened) < max_connections:
             client = KeepAliveClient(port)
             opened.append(client)
+        else:
+            client = await idle.get()
         status = await client.post(path, body(i))
         latencies.append((loop.time() - due) * 1000)
-        idle.append(client)
+        idle.put_nowait(client)
         if status not in (200, 202):  # 200: the same range posted again (a duplicate)
             raise RuntimeError(f"bench: POST answered {status}")
 
