@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck pytest browser pgbouncer clean soak
+.PHONY: run test lint typecheck pytest browser pgbouncer clean soak bench-peers
 
 # (Re)install only when pyproject.toml changed.
 $(STAMP): pyproject.toml
@@ -53,6 +53,19 @@ pgbouncer:
 SOAK_SECONDS ?= 300
 soak: $(STAMP)
 	SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/python -m tests.faults.soak $(SOAK_ARGS)
+
+# PgQueuer and Procrastinate drained in the same window as `datesync bench`'s drain, on the server it uses
+# (DATABASE_URL's, else the embedded one), printing datesync's rate over each (not part of `make test`). The peers
+# run from their own venv, pinned in bench/peers/requirements.txt; PEERS_ARGS passes options (--rounds, --jobs).
+PEERS_VENV  := .venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.installed-stamp
+$(PEERS_STAMP): bench/peers/requirements.txt
+	@test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r bench/peers/requirements.txt
+	@touch $(PEERS_STAMP)
+
+bench-peers: $(STAMP) $(PEERS_STAMP)
+	$(BIN)/python bench/peers/same_window.py --peers-python $(PEERS_VENV)/bin/python $(PEERS_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

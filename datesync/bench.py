@@ -27,6 +27,7 @@ import asyncpg
 import httpx
 import psutil
 
+from datesync.bench_probes import KeepAliveClient, WaitSamples, open_loop, sample_waits
 from datesync.daemon.db.dsn import clean, redact, with_database
 from datesync.daemon.db.queries import q
 from datesync.daemon.embedded import bin_dir
@@ -40,7 +41,7 @@ YESTERDAY = datetime.date.today() - datetime.timedelta(days=2)  # "before today"
 KEYS = (
     "drain_dates_per_s", "drain_c1_dates_per_s", "wake_p50_ms", "wake_p99_ms", "post_p50_ms", "post_p99_ms",
     "sse_p50_ms", "sse_p99_ms", "expand_3660_ms", "claim_ms_at_0", "claim_ms_at_1m", "daemon_rss_mb",
-    "connections", "bytes_per_date",
+    "connections", "bytes_per_date", "post_open_p99_ms", "post_tail_ratio", "drain_4daemons_ratio", "lock_wait_share",
 )
 # Beyond the issue's list: the same server's rate for the simplest queue (pgbench: one claim and one finish
 # transaction per job), measured in the same run, and the drain rate as a share of it (the machine-independent way
@@ -48,8 +49,12 @@ KEYS = (
 # (Little's law: p50 is about 50 / throughput).
 # The storage figure twice more: the files' growth right after the drain, before vacuum makes the dead row versions
 # of each task's claim and finish reusable; and what a date costs once retention pruned its batch (its day row).
+# The open-loop POST probe's median and the rate it offered (1,000/s, lower under --quick), and the two drains whose
+# rates make drain_4daemons_ratio, with the lock-wait share of the one-daemon drain beside the four daemons' (what one
+# daemon's own connections wait for among themselves).
 EXTRA_KEYS = ("ref_pgbench_jobs_per_s", "drain_vs_pgbench", "post_requests_per_s", "bytes_per_date_written",
-              "bytes_per_date_kept")
+              "bytes_per_date_kept", "post_open_p50_ms", "post_open_rate", "drain_1x20_dates_per_s",
+              "drain_4x5_dates_per_s", "lock_wait_share_1daemon")
 STORAGE_TABLES = ["task", "event", "day"]
 
 
@@ -65,11 +70,16 @@ class Sizes:
     post_requests: int = 1_000
     sse_events: int = 500
     reference_seconds: int = 5
+    open_rate: int = 1_000  # POSTs per second offered by the open-loop probe
+    open_seconds: float = 10
+    scale_dates: int = 10_000  # dates in each drain of drain_4daemons_ratio
 
     @classmethod
     def quick(cls) -> Sizes:
+        # The open-loop probe at 300/s for 2 s: a smoke-test of the probe, not the issue's 1,000/s figure.
         return cls(drain_dates=2_000, drain_c1_dates=300, repeats=1, wake_samples=30, claim_queue=50_000,
-                   rss_queue=10_000, post_requests=200, sse_events=100, reference_seconds=2)
+                   rss_queue=10_000, post_requests=200, sse_events=100, reference_seconds=2, open_rate=300,
+                   open_seconds=2, scale_dates=500)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -161,6 +171,20 @@ async def subprocess_cli(
             await proc.wait()
 
 
+@contextlib.asynccontextmanager
+async def _daemons(scratch: Scratch, env: dict[str, str], count: int) -> AsyncIterator[None]:
+    """`count` daemon subprocesses, started together and stopped together (one at a time, their shutdowns would
+    add up)."""
+    async with contextlib.AsyncExitStack() as stack:
+        procs = [await stack.enter_async_context(subprocess_cli("daemon", scratch, env)) for _ in range(count)]
+        try:
+            yield
+        finally:
+            for proc in procs:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.terminate()
+
+
 async def _wait(predicate: Callable[[], Awaitable[Any]], timeout: float, what: str, interval: float = 0.01) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -172,12 +196,12 @@ async def _wait(predicate: Callable[[], Awaitable[Any]], timeout: float, what: s
         await asyncio.sleep(interval)
 
 
-async def _daemon_ready(conn: asyncpg.Connection, timeout: float = 30) -> None:
+async def _daemon_ready(conn: asyncpg.Connection, timeout: float = 30, daemons: int = 1) -> None:
     async def listening() -> bool:
         return bool(await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND application_name = 'datesync-daemon-listener'"))
-    await _wait(listening, timeout, "the daemon's start")
+            "SELECT count(*) >= $1 FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name = 'datesync-daemon-listener'", daemons))
+    await _wait(listening, timeout, "the daemon's start" if daemons == 1 else f"{daemons} daemons' start")
 
 
 async def _insert_batch(conn: asyncpg.Connection, days: int, force: bool = True) -> int:
@@ -291,6 +315,61 @@ async def measure_drain(scratch: Scratch, dates: int, concurrency: int, repeats:
     finally:
         await _reset(conn)
         await conn.close()
+
+
+async def measure_scale(scratch: Scratch, sizes: Sizes) -> tuple[dict[str, float], dict[str, float]]:
+    """What more daemons on one database add: `scale_dates` dates drained by 4 daemons at concurrency 5 each,
+    against 1 daemon at concurrency 20 (the same 20 dates in flight), alternated `repeats` times; and, during
+    each drain, the share of the database's active backends that wait for a heavyweight lock. Returns the
+    figures and the four daemons' lock waits by wait event (shares of the active backends), for the log."""
+    conn = await asyncpg.connect(clean(scratch.direct))
+    rates: dict[int, list[float]] = {1: [], 4: []}
+    shares: dict[int, list[float]] = {1: [], 4: []}
+    ratios: list[float] = []
+    waits: dict[str, float] = {}
+    try:
+        for _ in range(sizes.repeats):
+            for daemons in (1, 4):
+                rate, samples = await _drain_by(scratch, conn, daemons, 20 // daemons, sizes.scale_dates)
+                rates[daemons].append(rate)
+                shares[daemons].append(samples.lock_share)
+                if daemons == 4:
+                    waits = {event: n / samples.active for event, n in samples.lock_waits.most_common()}
+            # Per pair, so that the machine's drift between pairs divides out.
+            ratios.append(rates[4][-1] / rates[1][-1])
+        return {"drain_4daemons_ratio": statistics.median(ratios), "lock_wait_share": statistics.median(shares[4]),
+                "drain_1x20_dates_per_s": statistics.median(rates[1]),
+                "drain_4x5_dates_per_s": statistics.median(rates[4]),
+                "lock_wait_share_1daemon": statistics.median(shares[1])}, waits
+    finally:
+        await _reset(conn)
+        await conn.close()
+
+
+async def _drain_by(
+    scratch: Scratch, conn: asyncpg.Connection, daemons: int, concurrency: int, dates: int
+) -> tuple[float, WaitSamples]:
+    """One batch of `dates` noop dates drained by `daemons` fresh daemon processes: dates per second from its
+    INSERT to its final state, and pg_stat_activity sampled every 10 ms meanwhile (on its own connection,
+    which also looks for the batch's end, so no other probe backend is in the samples)."""
+    env = {"DATESYNC_HANDLER": "noop", "DATESYNC_CONCURRENCY": str(concurrency)}
+    await _reset(conn)
+    sampler = await asyncpg.connect(clean(scratch.direct))
+    try:
+        async with _daemons(scratch, env, daemons):
+            await _daemon_ready(conn, daemons=daemons)
+            batch_id = await _insert_batch(conn, dates)
+
+            async def final() -> bool:
+                state = await sampler.fetchval("SELECT state::text FROM datesync.batch WHERE id = $1", batch_id)
+                return state in ("succeeded", "failed", "cancelled")
+
+            samples = await asyncio.wait_for(sample_waits(sampler, final), 600)
+        seconds = await conn.fetchval(
+            "SELECT extract(epoch FROM finished_at - created_at) FROM datesync.batch WHERE id = $1", batch_id)
+        return dates / float(seconds), samples
+    finally:
+        await sampler.close()
 
 
 async def _data_bytes(conn: asyncpg.Connection) -> dict[str, int]:
@@ -432,43 +511,10 @@ async def measure_rss(scratch: Scratch, sizes: Sizes) -> dict[str, float]:
         await conn.close()
 
 
-class KeepAliveClient:
-    """One keep-alive HTTP/1.1 connection for the POST probes (plain HTTP). httpx spends more CPU per request than
-    the server it would measure, and both share the machine's two cores: its cost showed up as server latency."""
-
-    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
-        self.host = host
-        self.port = port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def post(self, path: str, payload: dict[str, Any]) -> int:
-        if self.writer is None or self.reader is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        body = json.dumps(payload).encode()
-        self.writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
-                          f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-        status = int((await self.reader.readline()).split()[1])
-        headers = {}
-        while (line := await self.reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.decode().partition(":")
-            headers[name.strip().lower()] = value.strip()
-        if "content-length" in headers:
-            await self.reader.readexactly(int(headers["content-length"]))
-        else:  # chunked
-            while (size := int((await self.reader.readline()).strip(), 16)) > 0:
-                await self.reader.readexactly(size + 2)
-            await self.reader.readline()
-        return status
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
 async def measure_post(scratch: Scratch, sizes: Sizes) -> dict[str, float]:
-    """POST /sync/batch latency under `post_clients` concurrent keep-alive clients in a closed loop, each posting
-    distinct one-day batches; and the requests per second they got through."""
+    """POST /sync/batch latency, one web process: `post_clients` keep-alive clients in a closed loop, each posting
+    distinct one-day batches (latency, its tail's spread, and the requests per second they got through); then an
+    open-loop load of `open_rate` POSTs per second for `open_seconds`, timed from each request's due time."""
     port = _free_port()
     path = "/api/v1/sync-status/sync/batch"
     latencies: list[float] = []
@@ -494,13 +540,27 @@ async def measure_post(scratch: Scratch, sizes: Sizes) -> dict[str, float]:
             started = time.perf_counter()
             await asyncio.wait_for(asyncio.gather(*(worker(c) for c in clients)), 300)
             rate = sizes.post_requests / (time.perf_counter() - started)
-        return {"post_p50_ms": percentile(latencies, 50), "post_p99_ms": percentile(latencies, 99),
-                "post_requests_per_s": rate}
+            for client in clients:
+                client.close()
+            await _reset(conn)
+            opened = await open_loop(port, path, _distinct_range, sizes.open_rate, sizes.open_seconds)
+        p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+        return {"post_p50_ms": p50, "post_p99_ms": p99, "post_tail_ratio": p99 / p50, "post_requests_per_s": rate,
+                "post_open_p50_ms": percentile(opened.latencies_ms, 50),
+                "post_open_p99_ms": percentile(opened.latencies_ms, 99), "post_open_rate": float(sizes.open_rate)}
     finally:
         for client in clients:
             client.close()
         await _reset(conn)
         await conn.close()
+
+
+def _distinct_range(i: int) -> dict[str, Any]:
+    """The i-th of distinct ranges of one to a few days: every request inserts a new batch, none is a duplicate
+    (which would answer without writing)."""
+    end = YESTERDAY - datetime.timedelta(days=i % 3000)
+    start = end - datetime.timedelta(days=i // 3000)
+    return {"start_date": start.isoformat(), "end_date": end.isoformat()}
 
 
 async def measure_sse(scratch: Scratch, sizes: Sizes) -> dict[str, float]:
@@ -572,13 +632,21 @@ async def run(settings: Settings, sizes: Sizes, progress: Callable[[str], None])
         results["connections"] = drain["connections"]
         progress(f"drain ({sizes.drain_c1_dates:,} dates, concurrency 1)")
         results["drain_c1_dates_per_s"] = (await measure_drain(scratch, sizes.drain_c1_dates, 1, sizes.repeats))["rate"]
+        progress(f"scale ({sizes.scale_dates:,} dates: 1 daemon at concurrency 20, then 4 at 5 each, "
+                 f"{sizes.repeats} x)")
+        scale, waits = await measure_scale(scratch, sizes)
+        results.update(scale)
+        if waits:
+            progress("4 daemons' lock waits, share of active backends: "
+                     + ", ".join(f"{event} {share:.1%}" for event, share in waits.items()))
         progress(f"storage ({sizes.drain_dates:,} dates)")
         results.update(await measure_storage(scratch, sizes))
         progress(f"wake ({sizes.wake_samples} samples)")
         results.update(await measure_wake(scratch, sizes))
         progress(f"daemon memory ({sizes.rss_queue:,} queued)")
         results.update(await measure_rss(scratch, sizes))
-        progress(f"POST ({sizes.post_clients} clients)")
+        progress(f"POST ({sizes.post_clients} clients in a closed loop, then {sizes.open_rate}/s for "
+                 f"{sizes.open_seconds:g} s in an open loop)")
         results.update(await measure_post(scratch, sizes))
         progress("SSE")
         results.update(await measure_sse(scratch, sizes))

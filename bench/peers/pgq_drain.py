@@ -141,7 +141,7 @@ def main() -> int:
                    help="admin DSN (a scratch database is created and dropped)")
     p.add_argument("--jobs", type=int, default=10000)
     p.add_argument("--concurrency", type=int, default=10,
-                   help="max jobs in flight (entrypoint concurrency_limit)")
+                   help="max jobs in flight (entrypoint concurrency_limit; 0: no limit, PgQueuer's default)")
     p.add_argument("--workers", type=int, default=1,
                    help="QueueManager instances / connections (PgQueuer tool's --dequeue)")
     m = p.add_mutually_exclusive_group()

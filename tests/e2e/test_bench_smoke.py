@@ -22,8 +22,7 @@ def test_bench_quick_reports_every_key(server_dsn: str) -> None:
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     figures = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert set(figures) == {*KEYS, *EXTRA_KEYS}
-    assert all(isinstance(v, (int, float)) and v > 0 for v in figures.values()), figures
+    _every_key_with_its_sign(figures)
     # The storage figures: a date's task, event and day rows with their indexes come to a few hundred bytes to a
     # few kilobytes; the kept day row alone is less; the files right after the drain are at least as large.
     assert 100 < figures["bytes_per_date"] < 10_000, figures
@@ -40,5 +39,17 @@ def test_bench_quick_with_a_pooler_as_database_url_and_a_direct_url(server_dsn: 
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    _every_key_with_its_sign(figures)
+
+
+# No daemon waiting for a heavyweight lock is the aim, not a bug: those shares may be 0. Every other figure is a
+# rate, a time, a size or a ratio of two of them, which a working probe never measures as 0.
+MAY_BE_ZERO = {"lock_wait_share", "lock_wait_share_1daemon"}
+
+
+def _every_key_with_its_sign(figures: dict[str, float]) -> None:
     assert set(figures) == {*KEYS, *EXTRA_KEYS}
-    assert all(isinstance(v, (int, float)) and v > 0 for v in figures.values()), figures
+    assert all(isinstance(v, (int, float)) and v >= 0 for v in figures.values()), figures
+    assert all(v > 0 for k, v in figures.items() if k not in MAY_BE_ZERO), figures
+    assert figures["lock_wait_share"] <= 1 and figures["lock_wait_share_1daemon"] <= 1, figures
+    assert figures["post_tail_ratio"] >= 1, figures  # p99 over p50
