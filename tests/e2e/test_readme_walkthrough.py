@@ -7,18 +7,15 @@ import asyncio
 import datetime
 import os
 import re
-import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.support.daemons import ROOT
 from tests.support.server import free_port
-from tests.support.waiting import wait_for
+from tests.support.service import DATESYNC, datesync_run
 
 README = ROOT / "README.md"
-DATESYNC = Path(sys.executable).with_name("datesync")
 
 
 def walkthrough() -> list[str]:
@@ -65,24 +62,10 @@ async def test_the_readme_walkthrough_answers_as_written(dsn: str, tmp_path: Pat
            "DATESYNC_DEMO_FAIL_DATES": failing, "DATESYNC_DEMO_DELAY_MS": "100", "DATESYNC_RETRY_DELAY": "0.2",
            "COLUMNS": "200"}
     env.pop("DATESYNC_URL", None)
-    with (tmp_path / "server.log").open("w") as log:
-        server = await asyncio.create_subprocess_exec(str(DATESYNC), "run", env=env, cwd=ROOT,
-                                                      stdout=asyncio.subprocess.DEVNULL, stderr=log)
-    try:
-        async def up() -> bool:
-            try:
-                async with httpx.AsyncClient() as client:
-                    return (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        await wait_for(up, timeout=60)
+    async with datesync_run(env, tmp_path / "server.log"):
         shell = await asyncio.create_subprocess_exec("bash", "-c", script(commands, port), env=env, cwd=ROOT,
                                                      stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         stdout, stderr = await asyncio.wait_for(shell.communicate(), 240)
-    finally:
-        server.terminate()
-        await asyncio.wait_for(server.wait(), 30)
     out = steps(stdout.decode())
     assert len(out) == len(commands), stdout.decode() + stderr.decode()
 

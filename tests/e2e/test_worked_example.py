@@ -8,17 +8,18 @@ import asyncio
 import datetime
 import os
 import sys
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import asyncpg
-import httpx
 
 from tests.support.daemons import ROOT
 from tests.support.server import free_port
+from tests.support.service import DATESYNC, datesync_run
 from tests.support.waiting import wait_for
 
-DATESYNC = Path(sys.executable).with_name("datesync")
 EXAMPLES = ROOT / "docs" / "examples"
 SETTINGS = {
     "DATESYNC_SOURCES": "orders=http, rollup=sql",
@@ -55,49 +56,42 @@ async def test_the_worked_example_runs_as_the_readme_says(dsn: str, db: asyncpg.
            "DATESYNC_URL": f"http://127.0.0.1:{port}"}
     api = await asyncio.create_subprocess_exec(sys.executable, str(EXAMPLES / "orders_api.py"), str(api_port),
                                                stdout=asyncio.subprocess.DEVNULL)
-    with (tmp_path / "server.log").open("w") as log:
-        server = await asyncio.create_subprocess_exec(str(DATESYNC), "run", env=env, cwd=ROOT,
-                                                      stdout=asyncio.subprocess.DEVNULL, stderr=log)
     try:
-        async def up() -> bool:
-            try:
-                async with httpx.AsyncClient() as client:
-                    return (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        await wait_for(up, timeout=60)
-        code, text = await cli(env, "batch", "2026-11-24", "2026-11-30", "--source", "rollup")
-        assert code == 0 and "7 of its days wait for orders, not synced yet" in text, text
-        code, text = await cli(env, "batch", "2026-11-24", "2026-11-30", "--source", "rollup", "--with-upstream",
-                               "--follow")
-        assert code == 0, text
-        assert "Batch 2 requested for orders 2026-11-18..2026-11-30 first" in text, text
-        assert "batch 1 succeeded: 7 succeeded, 0 failed" in text, text
-        for day, orders, revenue in await db.fetch("SELECT day, orders, revenue FROM orders_7d ORDER BY day"):
-            window = [o for n in range(7) for o in orders_of(day - datetime.timedelta(days=n))]
-            assert orders == len(window), day
-            assert revenue == sum(Decimal(str(o["amount"])) for o in window), day
-        # Every roll-up date started after its last upstream date had synced.
-        late = await db.fetchval("""
-            SELECT count(*) FROM datesync.task r JOIN datesync.day o
-              ON o.source = 'orders' AND o.day BETWEEN r.day - 6 AND r.day
-            WHERE r.source = 'rollup' AND r.started_at < o.synced_at""")
-        assert late == 0
-        code, text = await cli(env, "batch", "2026-11-28", "2026-11-28", "--source", "orders", "--force", "--follow")
-        assert code == 0, text
-        code, text = await cli(env, "gaps", "2026-11-24", "2026-11-30", "--source", "rollup")
-        assert "3 of 7 dates of rollup are missing, failed or stale, in 1 range" in text, text
-        code, text = await cli(env, "batch", "2026-11-27", "2026-11-27", "--source", "orders", "--force", "--cascade")
-        assert code == 0 and "Batch 5 requested for rollup 2026-11-27..2026-11-30 after it (cascade)" in text, text
-
-        async def fresh() -> bool:
-            return await db.fetchval("SELECT state = 'succeeded' FROM datesync.batch WHERE id = 5") and not \
-                await db.fetchval("SELECT count(*) FROM datesync.day WHERE stale_since IS NOT NULL")
-
-        await wait_for(fresh, timeout=30)
+        async with datesync_run(env, tmp_path / "server.log"):
+            await follow_the_readme(env, db, orders_of)
     finally:
-        server.terminate()
         api.terminate()
-        await asyncio.wait_for(server.wait(), 30)
         await api.wait()
+
+
+async def follow_the_readme(env: dict[str, str], db: asyncpg.Connection,
+                            orders_of: Callable[[datetime.date], list[dict[str, Any]]]) -> None:
+    code, text = await cli(env, "batch", "2026-11-24", "2026-11-30", "--source", "rollup")
+    assert code == 0 and "7 of its days wait for orders, not synced yet" in text, text
+    code, text = await cli(env, "batch", "2026-11-24", "2026-11-30", "--source", "rollup", "--with-upstream",
+                           "--follow")
+    assert code == 0, text
+    assert "Batch 2 requested for orders 2026-11-18..2026-11-30 first" in text, text
+    assert "batch 1 succeeded: 7 succeeded, 0 failed" in text, text
+    for day, orders, revenue in await db.fetch("SELECT day, orders, revenue FROM orders_7d ORDER BY day"):
+        window = [o for n in range(7) for o in orders_of(day - datetime.timedelta(days=n))]
+        assert orders == len(window), day
+        assert revenue == sum(Decimal(str(o["amount"])) for o in window), day
+    # Every roll-up date started after its last upstream date had synced.
+    late = await db.fetchval("""
+        SELECT count(*) FROM datesync.task r JOIN datesync.day o
+          ON o.source = 'orders' AND o.day BETWEEN r.day - 6 AND r.day
+        WHERE r.source = 'rollup' AND r.started_at < o.synced_at""")
+    assert late == 0
+    code, text = await cli(env, "batch", "2026-11-28", "2026-11-28", "--source", "orders", "--force", "--follow")
+    assert code == 0, text
+    code, text = await cli(env, "gaps", "2026-11-24", "2026-11-30", "--source", "rollup")
+    assert "3 of 7 dates of rollup are missing, failed or stale, in 1 range" in text, text
+    code, text = await cli(env, "batch", "2026-11-27", "2026-11-27", "--source", "orders", "--force", "--cascade")
+    assert code == 0 and "Batch 5 requested for rollup 2026-11-27..2026-11-30 after it (cascade)" in text, text
+
+    async def fresh() -> bool:
+        return await db.fetchval("SELECT state = 'succeeded' FROM datesync.batch WHERE id = 5") and not \
+            await db.fetchval("SELECT count(*) FROM datesync.day WHERE stale_since IS NOT NULL")
+
+    await wait_for(fresh, timeout=30)

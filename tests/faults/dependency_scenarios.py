@@ -20,7 +20,7 @@ from tests.faults import invariants
 from tests.faults.common import Figures, Scale, dates_csv, day, insert_batch, wait_all_final, wait_until
 from tests.faults.harness import ScenarioRun, scenario
 from tests.faults.procs import Fleet
-from tests.faults.scenarios import _backend_gone, _wait_finish_blocked
+from tests.faults.scenarios import kill_inside_finish
 
 GRAPH_ENV = {
     "DATESYNC_SOURCES": "orders=demo,rollup=demo,trail=demo",
@@ -187,17 +187,7 @@ async def kill_after_upstream_success(dsn: str, seed: int, scale: Scale) -> Figu
             orders = await conn.fetchval("INSERT INTO datesync.batch (source, start_date, end_date) "
                                          "VALUES ('orders', $1, $1) RETURNING id", d)
             await wait_until(functools.partial(_orders_running, conn, orders), 20, "the orders date did not start")
-            tx = lock.transaction()
-            await tx.start()
-            try:
-                await lock.execute("SELECT pg_advisory_xact_lock(7355608, 1)")
-                finishing = await _wait_finish_blocked(conn, 20)
-                await fleet.sigkill(daemon)
-                if not commit:
-                    await conn.execute("SELECT pg_terminate_backend($1)", finishing)
-            finally:
-                await tx.commit()
-            await wait_until(functools.partial(_backend_gone, conn, finishing), 20, "the orphaned backend lingers")
+            await kill_inside_finish(conn, lock, fleet, daemon, commit=commit)
             await asyncio.sleep(rng.uniform(0.0, 0.3))
             if fleet.alive():
                 fig.problems.append("a daemon is alive: the released state below would prove nothing")

@@ -32,7 +32,7 @@ from tests.faults.common import (
 )
 from tests.faults.dbs import DedicatedServer
 from tests.faults.harness import scenario
-from tests.faults.procs import Proc, free_port, skewed_prefix, spawn_daemon
+from tests.faults.procs import Fleet, Proc, free_port, skewed_prefix, spawn_daemon
 
 Scenario = Callable[[str, int, Scale], Awaitable[Figures]]
 
@@ -82,19 +82,7 @@ async def kill_during_finish(dsn: str, seed: int, scale: Scale) -> Figures:
             victim = fleet.spawn({"DATESYNC_DEMO_DELAY_MS": str(rng.randint(150, 400))})
             batch_id = await insert_batch(conn, day(10 * round_), day(10 * round_ + 5))
             await wait_until(functools.partial(_has_running, conn, batch_id), 20, "no date started")
-            tx = lock.transaction()
-            await tx.start()
-            try:
-                await lock.execute("SELECT pg_advisory_xact_lock(7355608, 1)")
-                finishing = await _wait_finish_blocked(conn, 20)
-                await fleet.sigkill(victim)
-                if not commit:
-                    await conn.execute("SELECT pg_terminate_backend($1)", finishing)
-            finally:
-                await tx.commit()
-            # The orphaned backend commits (or has rolled back) on its own; wait until it is gone.
-            await wait_until(functools.partial(_backend_gone, conn, finishing), 20,
-                             "the orphaned backend lingers")
+            await kill_inside_finish(conn, lock, fleet, victim, commit=commit)
             ended = await conn.fetchval("SELECT count(*) FROM datesync.task WHERE batch_id = $1 AND "
                                         "finished_at IS NOT NULL", batch_id)
             if commit and ended == 0:
@@ -110,6 +98,24 @@ async def kill_during_finish(dsn: str, seed: int, scale: Scale) -> Figures:
 
 async def _has_running(conn: asyncpg.Connection, batch_id: int) -> bool:
     return await running_tasks(conn, batch_id) > 0
+
+
+async def kill_inside_finish(conn: asyncpg.Connection, lock: asyncpg.Connection, fleet: Fleet, victim: Proc, *,
+                             commit: bool) -> None:
+    """Hold the lock a finish takes last (event_serialize) on `lock`, wait until a daemon's backend is inside
+    task_finish waiting for it, SIGKILL `victim`, then let the orphaned transaction commit or terminate it; return
+    once that backend is gone (it commits, or has rolled back, on its own)."""
+    tx = lock.transaction()
+    await tx.start()
+    try:
+        await lock.execute("SELECT pg_advisory_xact_lock(7355608, 1)")
+        finishing = await _wait_finish_blocked(conn, 20)
+        await fleet.sigkill(victim)
+        if not commit:
+            await conn.execute("SELECT pg_terminate_backend($1)", finishing)
+    finally:
+        await tx.commit()
+    await wait_until(functools.partial(_backend_gone, conn, finishing), 20, "the orphaned backend lingers")
 
 
 async def _wait_finish_blocked(conn: asyncpg.Connection, timeout: float) -> int:

@@ -3,6 +3,8 @@ a date twice at once, fail down the graph, and lose no release to a SIGKILL (tes
 
 from __future__ import annotations
 
+import asyncpg
+
 from datesync.daemon.db.connect import connect
 from tests.faults import dependency_scenarios
 from tests.faults.common import SUITE, day
@@ -20,20 +22,25 @@ async def test_a_sigkill_as_the_upstream_success_commits_loses_no_release(dsn: s
     assert fig.kills == SUITE.dep_crash_rounds
 
 
+async def rollup_after_orders(dsn: str) -> asyncpg.Connection:
+    """A connection to a database with sources orders and rollup, rollup's dates after the same date of orders."""
+    conn = await connect(dsn, "datesync-faults")
+    for name in ("orders", "rollup"):
+        await conn.execute("INSERT INTO datesync.source (name, handler) VALUES ($1, 'demo') ON CONFLICT DO NOTHING",
+                           name)
+    await conn.execute("INSERT INTO datesync.dependency (source, upstream, lo, hi) VALUES ('rollup', 'orders', 0, 0)")
+    return conn
+
+
 async def test_a_with_upstream_request_whose_upstream_date_fails_before_its_expansion_still_ends(dsn: str) -> None:
     """`with_upstream` links rollup's batch after the orders batch it requests: it is expanded once that batch is,
     not once it has ended. When the orders date fails for good in between (a fast failure, max_attempts 1, or a
     daemon killed while expanding rollup's batch), the failure's trigger finds no waiting date: the expansion (and
     the catch-up scan) must fail it, seeing the ledger's failure with nothing left to run it again. Before that,
     rollup's date waited for ever and its batch never ended."""
-    conn = await connect(dsn, "datesync-faults")
+    conn = await rollup_after_orders(dsn)
+    sources = ["orders", "rollup"]
     try:
-        for name in ("orders", "rollup"):
-            await conn.execute("INSERT INTO datesync.source (name, handler) VALUES ($1, 'demo') ON CONFLICT DO NOTHING",
-                               name)
-        await conn.execute("INSERT INTO datesync.dependency (source, upstream, lo, hi) "
-                           "VALUES ('rollup', 'orders', 0, 0)")
-        sources = ["orders", "rollup"]
         linked = await conn.fetch("SELECT * FROM datesync.batch_request_linked('rollup', $1, $1, false, NULL, "
                                   "'faults', true, false)", day(0))
         rollup = next(r["batch_id"] for r in linked if r["role"] == "requested")
@@ -60,14 +67,9 @@ async def test_a_downstream_date_failed_through_an_upstream_lease_expiry_gets_it
     SIGKILL hit a last attempt)."""
     from datesync.daemon.db.queries import q
 
-    conn = await connect(dsn, "datesync-faults")
+    conn = await rollup_after_orders(dsn)
+    sources = ["orders", "rollup"]
     try:
-        for name in ("orders", "rollup"):
-            await conn.execute("INSERT INTO datesync.source (name, handler) VALUES ($1, 'demo') ON CONFLICT DO NOTHING",
-                               name)
-        await conn.execute("INSERT INTO datesync.dependency (source, upstream, lo, hi) "
-                           "VALUES ('rollup', 'orders', 0, 0)")
-        sources = ["orders", "rollup"]
         await conn.execute("INSERT INTO datesync.batch (source, start_date, end_date) VALUES ('rollup', $1, $1)",
                            day(0))
         await conn.execute("INSERT INTO datesync.batch (source, start_date, end_date) VALUES ('orders', $1, $1)",

@@ -57,6 +57,17 @@ async def finish(db: asyncpg.Connection, outcomes: dict[tuple[str, str], str], e
                           ids, attempts, states, [error] * n, [1] * n, [0.0] * n, SOURCES)
 
 
+
+async def requested_and_claimed(db: asyncpg.Connection, upstream: tuple[str, ...], *downstream: tuple[str, ...]
+                                ) -> list[int]:
+    """Request each (source, start[, end]) in turn, expand them all and claim what can run; the downstream batch
+    ids."""
+    await request(db, upstream[0], upstream[1], upstream[-1])
+    ids = [await request(db, d[0], d[1], d[-1]) for d in downstream]
+    await expand_all(db)
+    await claim(db)
+    return ids
+
 async def states(db: asyncpg.Connection, source: str) -> dict[D, str]:
     rows = await db.fetch("SELECT day, state::text FROM datesync.task WHERE source = $1 ORDER BY id", source)
     return {r["day"]: r["state"] for r in rows}
@@ -105,11 +116,9 @@ async def test_an_upstream_failure_fails_the_dates_down_the_graph_without_runnin
     graph: asyncpg.Connection,
 ) -> None:
     db = graph
-    await request(db, "orders", "2026-03-01", "2026-03-02")
-    rollup = await request(db, "rollup", "2026-03-01", "2026-03-02")
-    weekly = await request(db, "weekly", "2026-03-02", "2026-03-03")
-    await expand_all(db)
-    await claim(db)
+    rollup, weekly = await requested_and_claimed(db, ("orders", "2026-03-01", "2026-03-02"),
+                                                 ("rollup", "2026-03-01", "2026-03-02"),
+                                                 ("weekly", "2026-03-02", "2026-03-03"))
     await finish(db, {("orders", "2026-03-01"): "failed"}, error="HTTP 503 from the upstream")
     rollup_states = await db.fetch("SELECT day, state::text, error, attempt FROM datesync.task WHERE batch_id = $1 "
                                    "ORDER BY day", rollup)
@@ -224,10 +233,7 @@ async def test_an_upstream_lost_for_good_with_its_lease_fails_the_dates_built_on
     graph: asyncpg.Connection,
 ) -> None:
     db = graph
-    await request(db, "orders", "2026-03-01", "2026-03-01")
-    rollup = await request(db, "rollup", "2026-03-01", "2026-03-01")
-    await expand_all(db)
-    await claim(db)
+    [rollup] = await requested_and_claimed(db, ("orders", "2026-03-01"), ("rollup", "2026-03-01"))
     # The daemon running orders 03-01 died during its last attempt; another daemon takes the lease back.
     await db.execute("UPDATE datesync.task SET attempt = max_attempts, lease_expires_at = now() - interval '1 s' "
                      "WHERE source = 'orders'")
