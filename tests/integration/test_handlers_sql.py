@@ -96,7 +96,9 @@ async def test_first_dates_run_at_once_all_create_the_table_without_failing(dsn:
                                   source="default", task_id=n, worker="t")
                 return await handler.sync(day, ctx)
 
-        assert await asyncio.gather(*(one(n) for n in range(8))) == [1] * 8
+        for _ in range(3):  # the race is won or lost by timing: give it several chances to show
+            await db.execute("DROP TABLE IF EXISTS built")
+            assert await asyncio.gather(*(one(n) for n in range(8))) == [1] * 8
     finally:
         await pool.close()
     assert await db.fetchval("SELECT count(*) FROM built") == 8

@@ -206,11 +206,14 @@ class SqlHandler:
         for tries in itertools.count(1):
             try:
                 return await self._run(day, ctx)
-            except asyncpg.UniqueViolationError as exc:
-                # Two first dates running the file's CREATE ... IF NOT EXISTS at once race on the catalog, and
-                # the loser gets a unique violation on a pg_catalog index (pg_type_typname_nsp_index) instead of
-                # "already exists". Run again: the winner has committed it by the time our row lock is free.
-                if tries >= CATALOG_RACE_TRIES or not (exc.constraint_name or "").startswith("pg_"):
+            except (asyncpg.UniqueViolationError, asyncpg.DuplicateObjectError, asyncpg.DuplicateTableError) as exc:
+                # Two first dates running the file's CREATE ... IF NOT EXISTS at once race on the catalog: the
+                # loser gets a unique violation on a pg_catalog index (pg_type_typname_nsp_index) or "type ...
+                # already exists" instead of the notice IF NOT EXISTS promises. Run again: the winner has committed
+                # by then, and IF NOT EXISTS now sees it.
+                catalog = not isinstance(exc, asyncpg.UniqueViolationError) or (exc.constraint_name or "").startswith(
+                    "pg_")
+                if tries >= CATALOG_RACE_TRIES or not catalog:
                     raise
         raise AssertionError("unreachable")
 
