@@ -240,6 +240,13 @@ def test_a_bad_log_level(server: TcpServer) -> None:
     assert line == "error: LOG_LEVEL='verbose' is invalid: expected debug, info, warning or error"
 
 
+def test_sources_waiting_for_each_other_in_a_cycle(server: TcpServer) -> None:
+    line = one_line(datesync("daemon", env={"DATABASE_URL": server.dsn(), "DATESYNC_SOURCES": "orders=noop,rollup=noop",
+                                            "DATESYNC_ROLLUP_AFTER": "orders", "DATESYNC_ORDERS_AFTER": "rollup"}))
+    assert line == ("error: DATESYNC_ORDERS_AFTER is invalid: the sources wait for each other in a cycle "
+                    "(orders → rollup → orders: each waits for the next)")
+
+
 def test_a_right_url_still_starts(server: TcpServer) -> None:
     """The classification lets a good URL through: migrate succeeds and says so on stdout."""
     ran = datesync("migrate", env={"DATABASE_URL": tcp(server)})
