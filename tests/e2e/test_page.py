@@ -51,7 +51,7 @@ async def served_graph(dsn: str) -> AsyncIterator[Live]:
     sources = {name: spec.handler for name, spec in settings.all_sources.items()}
     conn = await asyncpg.connect(dsn)
     try:
-        await migrate_and_register(conn, settings, sources)
+        await migrate_and_register(conn, settings, sources, runs_sources=True)
     finally:
         await conn.close()
     # live_server's own daemon serves the default source only: this one serves all three, as `datesync run` would.
