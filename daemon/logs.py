@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import logging
 import os
@@ -118,13 +119,27 @@ def _url_passwords(value: str) -> list[str]:
     return found
 
 
+# What every pattern above needs somewhere in a text before it can match: "://", "=", "bearer", "basic" or a quote
+# followed by a colon. Most log values (event names, dates, sources, numbers as text) hold none, and skip the six
+# substitutions, which cost a daemon a fifth of its CPU at two lines per date.
+_MAY_HOLD_SECRET = re.compile(r"://|=|bearer|basic|['\"]\s*:", re.IGNORECASE)
+
+
 def scrub_text(text: str) -> str:
     """`text` with every known secret and every secret-looking pattern replaced by ***."""
     if _known_re is not None:
         text = _known_re.sub(REDACTED, text)
+    if _MAY_HOLD_SECRET.search(text) is None:
+        return text
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
+
+
+@functools.lru_cache(maxsize=1024)
+def _secret_key(key: str) -> bool:
+    """Whether a field of this name holds a secret whatever its value. Field names repeat on every line."""
+    return _SECRET_KEYS.search(key) is not None
 
 
 def _clean(value: Any, depth: int = 0) -> Any:
@@ -133,7 +148,7 @@ def _clean(value: Any, depth: int = 0) -> Any:
     if value is None or isinstance(value, bool | int | float) or depth > 5:
         return value
     if isinstance(value, dict):
-        return {k: REDACTED if isinstance(k, str) and _SECRET_KEYS.search(k) else _clean(v, depth + 1)
+        return {k: REDACTED if isinstance(k, str) and _secret_key(k) else _clean(v, depth + 1)
                 for k, v in value.items()}
     if isinstance(value, list | tuple):
         items = [_clean(v, depth + 1) for v in value]
@@ -151,7 +166,7 @@ def _scrub(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     for key, value in list(event.items()):
         if key.startswith("_"):  # structlog's own bookkeeping (_record, _from_structlog)
             continue
-        if key not in ("event", "exception", "stack") and _SECRET_KEYS.search(key):
+        if key not in ("event", "exception", "stack") and _secret_key(key):
             event[key] = REDACTED
         else:
             event[key] = _clean(value)

@@ -368,7 +368,7 @@ class Daemon:
     async def _run_one(self, c: Claimed) -> None:
         structlog.contextvars.bind_contextvars(batch_id=c.batch_id, day=c.day.isoformat(), attempt=c.attempt,
                                                source=c.source)
-        log.info("date_sync_started")
+        log.debug("date_sync_started")  # the outcome line says how long it took: one info line per date
         try:
             outcome = await self._attempt(c)
         except asyncio.CancelledError:
