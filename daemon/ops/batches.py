@@ -79,15 +79,14 @@ async def request(conn: Conn, wanted: BatchRequest, key: str | None, requested_b
 
 async def _request_linked(conn: Conn, wanted: BatchRequest, key: str | None, requested_by: str) -> Accepted:
     try:
-        async with conn.transaction():
-            rows = await conn.fetch(q("batch_request_linked"), wanted.source, wanted.start_date, wanted.end_date,
-                                    wanted.force, key, requested_by, wanted.with_upstream, wanted.cascade)
+        # One statement, so one transaction: every batch of the chain, or none.
+        rows = await conn.fetch(q("batch_request_linked"), wanted.source, wanted.start_date, wanted.end_date,
+                                wanted.force, key, requested_by, wanted.with_upstream, wanted.cascade)
     except (asyncpg.CheckViolationError, asyncpg.NotNullViolationError) as exc:
         raise _refused_by_database(exc, wanted) from exc
     main = next(r for r in rows if r["role"] == "requested")
     if main["outcome"] == "key_conflict":
-        raise OperationError(422, [problem("Idempotency-Key", "idempotency_key_reused", value=shown(key),
-                                           id=main["batch_id"])])
+        raise _key_reused(key, main["batch_id"])
     linked = [dict(r) for r in rows if r["role"] != "requested"]
     return Accepted(await get(conn, main["batch_id"]), main["outcome"], linked)
 
@@ -108,12 +107,16 @@ async def _request_one(conn: Conn, wanted: BatchRequest, key: str | None, reques
         raise _refused_by_database(exc, wanted) from exc
     assert row is not None
     if row["outcome"] == "key_conflict":
-        raise OperationError(422, [problem("Idempotency-Key", "idempotency_key_reused", value=shown(key),
-                                           id=row["batch_id"])])
+        raise _key_reused(key, row["batch_id"])
     if row["outcome"] == "created":
         return Accepted({"id": row["batch_id"], "days": row["days"], "succeeded": 0, "failed": 0, "skipped": 0},
                         "created")
     return Accepted(await get(conn, row["batch_id"]), row["outcome"])
+
+
+def _key_reused(key: str | None, batch_id: int) -> OperationError:
+    """An Idempotency-Key answers only the request it was made for (Stripe's rule): 422 naming the key."""
+    return OperationError(422, [problem("Idempotency-Key", "idempotency_key_reused", value=shown(key), id=batch_id)])
 
 
 def _refused_by_database(exc: asyncpg.PostgresError, wanted: BatchRequest) -> OperationError:

@@ -53,7 +53,9 @@ CREATE OR REPLACE FUNCTION datesync.dependency_notes(p_key text) RETURNS jsonb L
 DECLARE
     notes jsonb := coalesce(nullif(current_setting(p_key, true), ''), '[]')::jsonb;
 BEGIN
-    PERFORM set_config(p_key, '', true);
+    IF notes <> '[]' THEN  -- read on every finish: write only when there is something to clear
+        PERFORM set_config(p_key, '', true);
+    END IF;
     RETURN notes;
 END $$;
 

@@ -260,8 +260,6 @@ DECLARE
     r RECORD;
     got RECORD;
     before bigint[] := '{}';
-    first_day date;
-    last_day date;
     -- Today as batch_validate sees it.
     today date := (now() AT TIME ZONE coalesce((SELECT value FROM datesync.setting WHERE key = 'timezone'),
                                                  'UTC'))::date;
@@ -276,47 +274,43 @@ BEGIN
         END IF;
     END IF;
     FOR r IN
-        -- Upstream sources, furthest first; a source reached by several paths gets the union of their ranges.
         WITH RECURSIVE up(source, start_date, end_date, depth) AS (
             SELECT p_source, p_start, p_end, 0 WHERE p_with_upstream
             UNION ALL
             SELECT dep.upstream, u.start_date + dep.lo, least(u.end_date + dep.hi, today), u.depth + 1
             FROM up u JOIN datesync.dependency dep ON dep.source = u.source
             WHERE u.depth < 64
-        )
-        SELECT u.source, min(u.start_date) AS start_date, max(u.end_date) AS end_date, max(u.depth) AS depth
-        FROM up u WHERE u.depth > 0 GROUP BY u.source
-        HAVING min(u.start_date) <= max(u.end_date)
-        ORDER BY max(u.depth) DESC, u.source
-    LOOP
-        SELECT x.* INTO got FROM datesync.batch_request(r.source, r.start_date, r.end_date, false, NULL,
-                                                        p_requested_by, before) x;
-        RETURN QUERY SELECT got.batch_id, got.days, got.outcome, 'upstream', r.source, r.start_date, r.end_date;
-        before := before || got.batch_id;
-    END LOOP;
-    SELECT x.* INTO got FROM datesync.batch_request(p_source, p_start, p_end, p_force, p_key, p_requested_by,
-                                                    before) x;
-    RETURN QUERY SELECT got.batch_id, got.days, got.outcome, 'requested', p_source, p_start, p_end;
-    before := before || got.batch_id;
-    FOR r IN
-        WITH RECURSIVE down(source, start_date, end_date, depth) AS (
+        ), down(source, start_date, end_date, depth) AS (
             SELECT p_source, p_start, p_end, 0 WHERE p_cascade
             UNION ALL
             SELECT dep.source, d.start_date - dep.hi, least(d.end_date - dep.lo, today), d.depth + 1
             FROM down d JOIN datesync.dependency dep ON dep.upstream = d.source
             WHERE d.depth < 64
+        ), downstream AS (
+            -- A source reached by several paths gets the union of their ranges, as upstream ones do below.
+            SELECT d.source, min(d.start_date) AS start_date, max(d.end_date) AS end_date, max(d.depth) AS depth
+            FROM down d WHERE d.depth > 0 GROUP BY d.source
         )
-        SELECT d.source, min(d.start_date) AS start_date, max(d.end_date) AS end_date, max(d.depth) AS depth
-        FROM down d WHERE d.depth > 0 GROUP BY d.source
-        HAVING min(d.start_date) <= max(d.end_date)
-        ORDER BY max(d.depth), d.source
+        -- In request order: upstream sources furthest first, the requested batch, downstream sources nearest first.
+        SELECT 'upstream' AS role, u.source, min(u.start_date) AS start_date, max(u.end_date) AS end_date,
+               false AS force, -max(u.depth) AS place
+        FROM up u WHERE u.depth > 0 GROUP BY u.source
+        HAVING min(u.start_date) <= max(u.end_date)
+        UNION ALL
+        SELECT 'requested', p_source, p_start, p_end, p_force, 0
+        UNION ALL
+        SELECT 'downstream', w.source, synced.first_day, synced.last_day, true, w.depth
+        FROM downstream w
+        CROSS JOIN LATERAL (SELECT min(x.day) AS first_day, max(x.day) AS last_day FROM datesync.day x
+                            WHERE x.source = w.source AND x.day BETWEEN w.start_date AND w.end_date
+                              AND x.status = 'success') synced
+        WHERE synced.first_day IS NOT NULL
+        ORDER BY place, source
     LOOP
-        SELECT min(d.day), max(d.day) INTO first_day, last_day FROM datesync.day d
-        WHERE d.source = r.source AND d.day BETWEEN r.start_date AND r.end_date AND d.status = 'success';
-        CONTINUE WHEN first_day IS NULL;
-        SELECT x.* INTO got FROM datesync.batch_request(r.source, first_day, last_day, true, NULL,
+        SELECT x.* INTO got FROM datesync.batch_request(r.source, r.start_date, r.end_date, r.force,
+                                                        CASE WHEN r.role = 'requested' THEN p_key END,
                                                         p_requested_by, before) x;
-        RETURN QUERY SELECT got.batch_id, got.days, got.outcome, 'downstream', r.source, first_day, last_day;
+        RETURN QUERY SELECT got.batch_id, got.days, got.outcome, r.role, r.source, r.start_date, r.end_date;
         before := before || got.batch_id;
     END LOOP;
 END $$;
@@ -356,6 +350,7 @@ DECLARE
     b RECORD;
     made bigint;
     refused text;
+    waits boolean;
     failed_now jsonb;
 BEGIN
     PERFORM datesync.engine_on();
@@ -386,13 +381,13 @@ BEGIN
     RETURNING x.id, x.source, x.start_date, x.end_date, x.force, x.days, x.created_at INTO b;
     -- The dates of a source built on others start waiting (45_dependency.sql), and those whose upstream dates
     -- have synced are released at once.
+    waits := EXISTS (SELECT 1 FROM datesync.dependency dep WHERE dep.source = b.source);
     INSERT INTO datesync.task (batch_id, source, day, force, max_attempts, state)
     SELECT b.id, b.source, d::date, b.force, p_max_attempts,
-           CASE WHEN EXISTS (SELECT 1 FROM datesync.dependency dep WHERE dep.source = b.source)
-                THEN 'waiting' ELSE 'queued' END::datesync.task_state
+           CASE WHEN waits THEN 'waiting' ELSE 'queued' END::datesync.task_state
     FROM generate_series(b.start_date, b.end_date, interval '1 day') AS d;
     GET DIAGNOSTICS made = ROW_COUNT;
-    IF EXISTS (SELECT 1 FROM datesync.dependency dep WHERE dep.source = b.source) THEN
+    IF waits THEN
         PERFORM datesync.task_release_ready(b.id);
         -- The dates released at once are told as they are claimed, like any queued date; those failed by an
         -- upstream date that failed for good are told by task_finish below, which ends the batch if they were all.
