@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from datesync.daemon.db.queries import q
-from tests.support.daemons import FAST, counts_mismatch, overlapping_runs, running_daemon, wait_batch_final
+from tests.support.daemons import FAST, counts_mismatch, insert, overlapping_runs, running_daemon, wait_batch_final
 from tests.support.waiting import wait_for
 
 D = datetime.date
@@ -21,12 +21,6 @@ def fast_demo(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATESYNC_DEMO_DELAY_MS", "20")
     monkeypatch.delenv("DATESYNC_DEMO_FAIL_DATES", raising=False)
     monkeypatch.delenv("DATESYNC_DEMO_FAIL_RATE", raising=False)
-
-
-async def insert(db: asyncpg.Connection, start: str, end: str, force: bool = False) -> int:
-    return int(await db.fetchval(
-        "INSERT INTO datesync.batch (start_date, end_date, force) VALUES ($1, $2, $3) RETURNING id",
-        D.fromisoformat(start), D.fromisoformat(end), force))
 
 
 async def test_failing_dates_end_with_exact_counts_and_attempts(

@@ -20,6 +20,7 @@ from datesync.daemon.settings import Settings
 from tests.support.daemons import (
     FAST,
     counts_mismatch,
+    insert,
     kill,
     log_of,
     running_daemon,
@@ -38,12 +39,6 @@ def fast_demo(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATESYNC_DEMO_DELAY_MS", "5")
     monkeypatch.setenv("DATESYNC_DEMO_FAIL_DATES", "2025-10-03")
     monkeypatch.delenv("DATESYNC_DEMO_FAIL_RATE", raising=False)
-
-
-async def insert(db: asyncpg.Connection, start: str, end: str, force: bool = False) -> int:
-    return int(await db.fetchval(
-        "INSERT INTO datesync.batch (start_date, end_date, force) VALUES ($1, $2, $3) RETURNING id",
-        D.fromisoformat(start), D.fromisoformat(end), force))
 
 
 async def test_an_old_finished_batch_loses_tasks_and_events_and_keeps_its_counts_and_days(

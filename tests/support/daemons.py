@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import os
 import signal
 import subprocess
@@ -139,3 +140,10 @@ async def counts_mismatch(conn: asyncpg.Connection) -> list[asyncpg.Record]:
               IS DISTINCT FROM (c.t_queued, c.t_running, c.t_succeeded, c.t_failed, c.t_skipped, c.t_cancelled)
         """
     ))
+
+
+async def insert(db: asyncpg.Connection, start: str, end: str, force: bool = False) -> int:
+    """A batch of the default source over start..end (ISO dates), as a psql INSERT makes it; its id."""
+    return int(await db.fetchval(
+        "INSERT INTO datesync.batch (start_date, end_date, force) VALUES ($1, $2, $3) RETURNING id",
+        datetime.date.fromisoformat(start), datetime.date.fromisoformat(end), force))
