@@ -20,6 +20,9 @@ from datesync.daemon.ops.problems import Msg, OperationError, problem, shown
 from datesync.daemon.ops.validation import ALLOWED_FIELDS, BatchRequest
 from datesync.daemon.states import UNFINISHED_BATCH
 
+# Tries of a linked request rolled back by a deadlock with another chain (_request_linked).
+LINKED_TRIES = 3
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Accepted:
@@ -78,12 +81,19 @@ async def request(conn: Conn, wanted: BatchRequest, key: str | None, requested_b
 
 
 async def _request_linked(conn: Conn, wanted: BatchRequest, key: str | None, requested_by: str) -> Accepted:
-    try:
-        # One statement, so one transaction: every batch of the chain, or none.
-        rows = await conn.fetch(q("batch_request_linked"), wanted.source, wanted.start_date, wanted.end_date,
-                                wanted.force, key, requested_by, wanted.with_upstream, wanted.cascade)
-    except (asyncpg.CheckViolationError, asyncpg.NotNullViolationError) as exc:
-        raise _refused_by_database(exc, wanted) from exc
+    for tries in range(1, LINKED_TRIES + 1):
+        try:
+            # One statement, so one transaction: every batch of the chain, or none.
+            rows = await conn.fetch(q("batch_request_linked"), wanted.source, wanted.start_date, wanted.end_date,
+                                    wanted.force, key, requested_by, wanted.with_upstream, wanted.cascade)
+            break
+        except asyncpg.DeadlockDetectedError:
+            # Two chains requested at once in reverse roles (rollup with upstream, orders with cascade) lock each
+            # other's bodies in opposite orders; PostgreSQL rolls one back whole. Its retry finds the other's batches.
+            if tries == LINKED_TRIES:
+                raise
+        except (asyncpg.CheckViolationError, asyncpg.NotNullViolationError) as exc:
+            raise _refused_by_database(exc, wanted) from exc
     main = next(r for r in rows if r["role"] == "requested")
     if main["outcome"] == "key_conflict":
         raise _key_reused(key, main["batch_id"])

@@ -265,6 +265,8 @@ DECLARE
                                                  'UTC'))::date;
 BEGIN
     IF p_key IS NOT NULL THEN
+        -- batch_request's locks, in its order (body, then key), so that the two never wait on each other.
+        PERFORM pg_advisory_xact_lock(7355609, hashtext(concat_ws('|', p_source, p_start, p_end, p_force)));
         PERFORM pg_advisory_xact_lock(7355610, hashtext(p_key));
         IF EXISTS (SELECT 1 FROM datesync.request_key k WHERE k.key = p_key)
            OR EXISTS (SELECT 1 FROM datesync.batch b WHERE b.idempotency_key = p_key) THEN
