@@ -264,15 +264,17 @@ class Follower:
     async def _follow_log(self, conn: asyncpg.Connection) -> None:
         wake = asyncio.Event()
         await conn.add_listener(EVENT_CHANNEL, lambda *_: wake.set())
-        snap = await conn.fetchrow(q("event_snapshot_batch"), self.tracker.batch_id, timeout=10)
+        horizon = await conn.fetchval(q("event_horizon"), timeout=10)  # its own statement first (stream.sql)
+        snap = await conn.fetchrow(q("event_snapshot_batch"), self.tracker.batch_id, horizon, timeout=10)
         if snap is None:
             raise UnknownBatch(f"batch {self.tracker.batch_id} not found")
         self.tracker.snapshot(json.loads(snap["batch"]))
         self._show()
         while True:
             wake.clear()
-            rows = await conn.fetch(q("event_list_batch_after"), self.tracker.batch_id, self.tracker.last_id, PAGE,
-                                    timeout=10)
+            horizon = await conn.fetchval(q("event_horizon"), timeout=10)
+            rows = await conn.fetch(q("event_list_batch_after"), self.tracker.batch_id, self.tracker.last_id, horizon,
+                                    PAGE, timeout=10)
             for row in rows:
                 self._take(json.loads(row["payload"]))
                 if row["final"] and row["id"] >= snap["end_from"]:

@@ -118,6 +118,9 @@ class Daemon:
         self._full_scan = True
         self._stopping = asyncio.Event()
         self._seen_batches: set[int] = set()
+        # Batches whose dates this daemon settled without its transaction ending them: when it holds none of
+        # their dates any more, it asks the database to end them after its commit (_end_settled).
+        self._maybe_settled: set[int] = set()
         self._analyzing: asyncio.Task[None] | None = None
         self._claim_lock = asyncio.Lock()
         self._work_waiting = False
@@ -319,6 +322,7 @@ class Daemon:
             if claimed is None:
                 await asyncio.sleep(0.005)
                 continue
+            await self._end_settled()
             if len(claimed) < free:
                 return
 
@@ -333,6 +337,7 @@ class Daemon:
                 self._start(task)
         for batch_id, state in sorted({(t.batch_id, t.batch_ended) for t in claimed if t.batch_ended}):
             log.info("batch_finished", batch_id=batch_id, state=state)
+        self._maybe_settled.update(t.batch_id for t in claimed if t.state == "skipped" and not t.batch_ended)
 
     def _observe_wake(self, task: Claimed) -> None:
         """The first date of a batch that this daemon starts measures the wake latency."""
@@ -591,6 +596,7 @@ class Daemon:
                 log.warning("finish_write_given_up", error=error_text(error), outcomes=len(batch))
                 break
             await asyncio.sleep(pause)
+        await self._end_settled()
         self.wake(full=False)
 
     async def _write_apart(self, batch: list[Outcome], error: BaseException, deadline: float | None) -> None:
@@ -619,7 +625,8 @@ class Daemon:
             except DB_FAILURES as exc:
                 return exc
             self._settle([outcome], changed)
-            return None
+        await self._end_settled()
+        return None
 
     def _settle(self, batch: list[Outcome], changed: list[asyncpg.Record]) -> None:
         """Free the slots of written outcomes; count them; log the batches they ended."""
@@ -636,6 +643,23 @@ class Daemon:
             self._idle.set()
         for batch_id, state in sorted({(r["batch_id"], r["batch_state"]) for r in changed if r["batch_state"]}):
             log.info("batch_finished", batch_id=batch_id, state=state)
+        self._maybe_settled.update(r["batch_id"] for r in changed
+                                   if r["state"] in ("succeeded", "failed", "cancelled") and not r["batch_state"])
+
+    async def _end_settled(self) -> None:
+        """End the batches whose last dates finished in transactions that could not see each other (each saw the
+        others' dates still running: task_finish), once this daemon holds none of their dates. Any daemon that
+        finished one of those dates asks after its commit, so the last to commit sees them all. A batch left
+        running here (a crash in between, a lock held too long) is ended by the catch-up scan."""
+        held = {r.claimed.batch_id for r in self.running.values()}
+        ids = self._maybe_settled - held
+        if not ids:
+            return
+        self._maybe_settled -= ids
+        try:
+            await self._finalize(ids)
+        except DB_FAILURES as exc:
+            log.info("batch_end_deferred", batches=sorted(ids), error=error_text(exc))
 
     async def _finalize(self, batch_ids: set[int] | list[int]) -> None:
         for row in await self.store.finalize(batch_ids):

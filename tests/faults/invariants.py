@@ -75,8 +75,8 @@ async def check(
     for row in await counts_mismatch(conn):
         p.append(f"batch {row['id']} counts differ from its tasks: {dict(row)}")
     for row in await conn.fetch(
-            "SELECT b.id, b.waiting, count(t.id) FILTER (WHERE t.state = 'waiting') AS tasks FROM datesync.batch b "
-            "LEFT JOIN datesync.task t ON t.batch_id = b.id GROUP BY b.id "
+            "SELECT b.id, b.waiting, count(t.id) FILTER (WHERE t.state = 'waiting') AS tasks "
+            "FROM datesync.batch_live b LEFT JOIN datesync.task t ON t.batch_id = b.id GROUP BY b.id, b.waiting "
             "HAVING b.waiting <> count(t.id) FILTER (WHERE t.state = 'waiting')"):
         p.append(f"batch {row['id']} counts {row['waiting']} waiting dates, its tasks {row['tasks']}")
     for row in await conn.fetch(

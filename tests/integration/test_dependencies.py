@@ -79,7 +79,7 @@ async def test_a_downstream_date_waits_and_is_released_by_its_upstream_success(g
     rollup = await request(db, "rollup", "2026-03-01", "2026-03-02")
     await expand_all(db)
     assert await states(db, "rollup") == {D(2026, 3, 1): "waiting", D(2026, 3, 2): "waiting"}
-    counts = await db.fetchrow("SELECT waiting, queued FROM datesync.batch WHERE id = $1", rollup)
+    counts = await db.fetchrow("SELECT waiting, queued FROM datesync.batch_progress WHERE batch_id = $1", rollup)
     assert tuple(counts) == (2, 0)
     # The waiting dates hold no slot: a claim takes only the upstream dates.
     assert await claim(db) == [("orders", D(2026, 3, 1), "running"), ("orders", D(2026, 3, 2), "running")]
@@ -109,7 +109,8 @@ async def test_an_upstream_date_already_synced_lets_the_date_run_at_once(graph: 
     rollup = await request(db, "rollup", "2026-03-01", "2026-03-02")
     await expand_all(db)
     assert await states(db, "rollup") == {D(2026, 3, 1): "queued", D(2026, 3, 2): "waiting"}
-    assert tuple(await db.fetchrow("SELECT waiting, queued FROM datesync.batch WHERE id = $1", rollup)) == (1, 1)
+    live = await db.fetchrow("SELECT waiting, queued FROM datesync.batch_progress WHERE batch_id = $1", rollup)
+    assert tuple(live) == (1, 1)
 
 
 async def test_an_upstream_failure_fails_the_dates_down_the_graph_without_running_them(
@@ -225,7 +226,7 @@ async def test_a_cancelled_batch_cancels_its_waiting_dates(graph: asyncpg.Connec
     rollup = await request(db, "rollup", "2026-03-01", "2026-03-02")
     await expand_all(db)
     await db.fetch(q("task_cancel_queued"), [rollup])
-    row = await db.fetchrow("SELECT waiting, cancelled FROM datesync.batch WHERE id = $1", rollup)
+    row = await db.fetchrow("SELECT waiting, cancelled FROM datesync.batch_progress WHERE batch_id = $1", rollup)
     assert tuple(row) == (0, 2)
 
 

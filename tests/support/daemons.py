@@ -123,11 +123,12 @@ async def overlapping_runs(conn: asyncpg.Connection, crashed_by: object = "infin
 
 
 async def counts_mismatch(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-    """Batches whose live counters differ from a count of their tasks (should always be empty)."""
+    """Batches whose live counts (datesync.batch_live: the batch row plus the changes not folded into it yet)
+    differ from a count of their tasks (should always be empty)."""
     return list(await conn.fetch(
         """
         SELECT b.id, b.queued, b.running, b.succeeded, b.failed, b.skipped, b.cancelled, c.*
-        FROM datesync.batch b
+        FROM datesync.batch_live b
         LEFT JOIN LATERAL (
             SELECT count(*) FILTER (WHERE state = 'queued') AS t_queued,
                    count(*) FILTER (WHERE state = 'running') AS t_running,

@@ -180,10 +180,11 @@ class Hub:
     async def read_after(self, batch_id: int | None, after: int) -> list[Event]:
         """A client's replay: the next page of events after `after` from the table."""
         async with self.read_gate, self.pool.acquire() as conn:
+            horizon = await conn.fetchval(q("event_horizon"))
             if batch_id is None:
-                rows = await conn.fetch(q("event_list_after"), after, self.config.page_rows)
+                rows = await conn.fetch(q("event_list_after"), after, horizon, self.config.page_rows)
             else:
-                rows = await conn.fetch(q("event_list_batch_after"), batch_id, after, self.config.page_rows)
+                rows = await conn.fetch(q("event_list_batch_after"), batch_id, after, horizon, self.config.page_rows)
         return [Event.from_row(r) for r in rows]
 
     # -- running ------------------------------------------------------------------------------------
@@ -252,16 +253,16 @@ class Hub:
         self._wake.clear()
         self.reads += 1
         async with self.pool.acquire() as conn:
+            # Its own statement, before the reads: no event at or below it can still commit (stream.sql).
+            horizon: int = await conn.fetchval(q("event_horizon"))
             if self.last_seen is None or not self.clients:
-                # Nobody to tell: move on to the newest id without reading payloads. Safe because a client
+                # Nobody to tell: move on to the horizon without reading payloads. Safe because a client
                 # registering from now on replays from the table, with a snapshot taken after this one.
-                newest: int = await conn.fetchval(q("event_max_id"))
-                if self.last_seen is None or not self.clients:
-                    self.last_seen = max(self.last_seen or 0, newest)
-                    self.ready.set()
-                    return
+                self.last_seen = max(self.last_seen or 0, horizon)
+                self.ready.set()
+                return
             while True:
-                rows = await conn.fetch(q("event_list_after"), self.last_seen, self.config.page_rows)
+                rows = await conn.fetch(q("event_list_after"), self.last_seen, horizon, self.config.page_rows)
                 if not rows:
                     return
                 events = [Event.from_row(r) for r in rows]

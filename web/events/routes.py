@@ -86,8 +86,9 @@ async def _open(request: Request, batch_id: int | None) -> Response:
 async def _respond(hub: Hub, client: Client, batch_id: int | None, after: int | None) -> Response:
     # The snapshot is read after the client registered: anything it does not show reaches the client later.
     async with hub.read_gate, hub.pool.acquire() as conn:
+        horizon = await conn.fetchval(q("event_horizon"))  # its own statement, before the snapshot (stream.sql)
         if batch_id is None:
-            row = await conn.fetchrow(q("event_snapshot_cards"))
+            row = await conn.fetchrow(q("event_snapshot_cards"), horizon)
             assert row is not None
             # Resuming from below what retention deleted: the replay would have a gap, so the client starts afresh
             # from this snapshot (marked `pruned`), as a new client would, instead of from a partial history.
@@ -95,7 +96,7 @@ async def _respond(hub: Hub, client: Client, batch_id: int | None, after: int | 
             start = row["max_id"] if after is None or gap else after
             plan = Plan(_snapshot_message("cards", row["cards"], pruned=gap), start)
             return EventStream(client, messages(client, plan))
-        row = await conn.fetchrow(q("event_snapshot_batch"), batch_id)
+        row = await conn.fetchrow(q("event_snapshot_batch"), batch_id, horizon)
     if row is None:
         return _error(404, f"no batch with id {batch_id}", "id")
     if after is not None and row["ended"] and after >= row["end_from"]:

@@ -2,7 +2,8 @@
 
 No gap, no repeat: the client is registered with the hub *before* the replay reads the table, so every event
 committed after that moment reaches its queue, and everything committed before it is in the table when the
-replay reads it (ids become visible in commit order, so "id > last" never skips a later-committing smaller id).
+replay reads it (up to the log's horizon, datesync.event_horizon: no smaller id can commit after it is read, so
+"id > last" never skips an event).
 The two overlap; the stream skips any id it has already sent.
 
 Written as a small ASGI response rather than with sse-starlette's EventSourceResponse: the hub must be able to

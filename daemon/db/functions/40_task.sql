@@ -36,11 +36,15 @@ END $$;
 CREATE OR REPLACE TRIGGER task_guard_update BEFORE UPDATE OF state ON datesync.task
     FOR EACH ROW EXECUTE FUNCTION datesync.task_guard_update();
 
--- Batch counts follow every task transition, whoever makes it (the daemon, the API, a hand edit). One UPDATE
--- per statement and batch, from the statement's transition tables. Batch rows are locked in id order so that two
--- transactions touching the same batches cannot deadlock; event-writing statements come after this in every
--- transaction, so the lock order is always task rows, day rows, batch rows, then the event lock.
+-- Batch counts follow every task transition, whoever makes it (the daemon, the API, a hand edit). An expansion's
+-- INSERT adds to the batch row it holds; every other statement inserts one row of changes per batch into
+-- datesync.batch_count, from the statement's transition tables, and locks no batch row: daemons finishing dates of
+-- one batch do not wait for each other's commits (issue 20). Readers add those rows to the batch row
+-- (datesync.batch_live); every 32nd row's transaction folds its batch's rows into the batch row, if no other
+-- transaction holds that row (datesync.batch_fold). Lock order: task rows, day rows, batch rows, then the event lock.
 CREATE OR REPLACE FUNCTION datesync.task_count() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    due bigint[];
 BEGIN
     IF TG_OP = 'INSERT' THEN
         PERFORM 1 FROM datesync.batch WHERE id IN (SELECT batch_id FROM new_rows) ORDER BY id FOR UPDATE;
@@ -52,36 +56,87 @@ BEGIN
         RETURN NULL;
     END IF;
     -- Rows whose state did not change (lease renewals) cost a scan of the transition tables and nothing else.
-    PERFORM 1 FROM datesync.batch
-    WHERE id IN (SELECT n.batch_id FROM new_rows n JOIN old_rows o ON o.id = n.id WHERE o.state <> n.state)
-    ORDER BY id FOR UPDATE;
-    IF NOT FOUND THEN
-        RETURN NULL;
+    WITH added AS (
+        INSERT INTO datesync.batch_count (batch_id, waiting, queued, running, succeeded, failed, skipped, cancelled)
+        SELECT n.batch_id,
+               count(*) FILTER (WHERE n.state = 'waiting') - count(*) FILTER (WHERE o.state = 'waiting'),
+               count(*) FILTER (WHERE n.state = 'queued') - count(*) FILTER (WHERE o.state = 'queued'),
+               count(*) FILTER (WHERE n.state = 'running') - count(*) FILTER (WHERE o.state = 'running'),
+               count(*) FILTER (WHERE n.state = 'succeeded') - count(*) FILTER (WHERE o.state = 'succeeded'),
+               count(*) FILTER (WHERE n.state = 'failed') - count(*) FILTER (WHERE o.state = 'failed'),
+               count(*) FILTER (WHERE n.state = 'skipped') - count(*) FILTER (WHERE o.state = 'skipped'),
+               count(*) FILTER (WHERE n.state = 'cancelled') - count(*) FILTER (WHERE o.state = 'cancelled')
+        FROM new_rows n JOIN old_rows o ON o.id = n.id
+        WHERE o.state <> n.state
+        GROUP BY n.batch_id
+        RETURNING batch_id, n
+    )
+    SELECT array_agg(a.batch_id) FILTER (WHERE a.n % 32 = 0) INTO due FROM added a;
+    IF due IS NOT NULL THEN
+        PERFORM datesync.batch_fold(due, true);
     END IF;
-    UPDATE datesync.batch b
-    SET waiting = b.waiting + p.waiting, queued = b.queued + p.queued, running = b.running + p.running,
-        succeeded = b.succeeded + p.succeeded, failed = b.failed + p.failed,
-        skipped = b.skipped + p.skipped, cancelled = b.cancelled + p.cancelled
-    FROM (SELECT n.batch_id,
-                 count(*) FILTER (WHERE n.state = 'waiting') - count(*) FILTER (WHERE o.state = 'waiting') AS waiting,
-                 count(*) FILTER (WHERE n.state = 'queued') - count(*) FILTER (WHERE o.state = 'queued') AS queued,
-                 count(*) FILTER (WHERE n.state = 'running') - count(*) FILTER (WHERE o.state = 'running') AS running,
-                 count(*) FILTER (WHERE n.state = 'succeeded')
-                     - count(*) FILTER (WHERE o.state = 'succeeded') AS succeeded,
-                 count(*) FILTER (WHERE n.state = 'failed') - count(*) FILTER (WHERE o.state = 'failed') AS failed,
-                 count(*) FILTER (WHERE n.state = 'skipped') - count(*) FILTER (WHERE o.state = 'skipped') AS skipped,
-                 count(*) FILTER (WHERE n.state = 'cancelled')
-                     - count(*) FILTER (WHERE o.state = 'cancelled') AS cancelled
-          FROM new_rows n JOIN old_rows o ON o.id = n.id
-          WHERE o.state <> n.state
-          GROUP BY n.batch_id) p
-    WHERE b.id = p.batch_id;
     RETURN NULL;
 END $$;
 CREATE OR REPLACE TRIGGER task_count_insert AFTER INSERT ON datesync.task
     REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION datesync.task_count();
 CREATE OR REPLACE TRIGGER task_count_update AFTER UPDATE ON datesync.task
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION datesync.task_count();
+
+-- Fold the given batches' rows of count changes into their batch rows, under those rows' locks (skipping the
+-- batches whose row another transaction holds when p_skip_locked). Returns the batches folded. The rows are read
+-- by a statement that starts after the locks are granted: it sees every row committed until then, deletes and
+-- adds exactly those (and this transaction's own), and leaves the rows of transactions still running, which
+-- readers keep adding. Rows are only ever inserted, and deleted here under the batch row's lock, so no fold waits
+-- on a row of this table.
+CREATE OR REPLACE FUNCTION datesync.batch_fold(p_ids bigint[], p_skip_locked boolean) RETURNS bigint[]
+LANGUAGE plpgsql AS $$
+DECLARE
+    locked bigint[];
+    engine text := current_setting('datesync.engine', true);
+BEGIN
+    IF p_skip_locked THEN
+        locked := ARRAY(SELECT id FROM datesync.batch WHERE id = ANY(p_ids) ORDER BY id FOR NO KEY UPDATE SKIP LOCKED);
+    ELSE
+        locked := ARRAY(SELECT id FROM datesync.batch WHERE id = ANY(p_ids) ORDER BY id FOR NO KEY UPDATE);
+    END IF;
+    PERFORM set_config('datesync.engine', 'on', true);
+    WITH gone AS (
+        DELETE FROM datesync.batch_count c WHERE c.batch_id = ANY(locked)
+        RETURNING c.batch_id, c.waiting, c.queued, c.running, c.succeeded, c.failed, c.skipped, c.cancelled
+    )
+    UPDATE datesync.batch b
+    SET waiting = b.waiting + g.waiting, queued = b.queued + g.queued, running = b.running + g.running,
+        succeeded = b.succeeded + g.succeeded, failed = b.failed + g.failed, skipped = b.skipped + g.skipped,
+        cancelled = b.cancelled + g.cancelled
+    FROM (SELECT batch_id, sum(waiting) AS waiting, sum(queued) AS queued, sum(running) AS running,
+                 sum(succeeded) AS succeeded, sum(failed) AS failed, sum(skipped) AS skipped,
+                 sum(cancelled) AS cancelled
+          FROM gone GROUP BY batch_id) g
+    WHERE b.id = g.batch_id;
+    PERFORM set_config('datesync.engine', coalesce(engine, ''), true);
+    RETURN locked;
+END $$;
+
+-- The rows of count changes are the engine's (task_count, batch_fold): a hand edit of them would make every
+-- reader's counts wrong. Rows of a deleted batch go with it.
+CREATE OR REPLACE FUNCTION datesync.batch_count_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF pg_trigger_depth() = 1 AND current_setting('datesync.engine', true) IS DISTINCT FROM 'on' THEN
+        RAISE EXCEPTION 'datesync.batch_count is kept by datesync (a batch''s counts follow its tasks)'
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER batch_count_guard BEFORE INSERT OR UPDATE OR DELETE ON datesync.batch_count
+    FOR EACH STATEMENT EXECUTE FUNCTION datesync.batch_count_guard();
+
+CREATE OR REPLACE FUNCTION datesync.batch_count_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM datesync.batch_count WHERE batch_id IN (SELECT id FROM old_rows);
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER batch_count_delete AFTER DELETE ON datesync.batch
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION datesync.batch_count_delete();
 
 -- A hand DELETE of tasks takes them out of their batch's counts too. Retention's does not: a pruned batch keeps
 -- its final counts (datesync.batch_prune_step says so with a transaction-local setting, as the engine's functions
@@ -169,6 +224,7 @@ DECLARE
     ended jsonb;
     moved jsonb;
     stale jsonb;
+    ending bigint[];
 BEGIN
     WITH candidate AS (
         SELECT t.id, t.source, t.day, t.force
@@ -273,16 +329,28 @@ BEGIN
         RETURN;
     END IF;
 
+    -- The batches this call may have settled: a date of theirs is done and, as far as this transaction sees,
+    -- none is left to run. They are folded (datesync.batch_fold, skipping a batch whose row another transaction
+    -- holds) and ended below. The outcomes of transactions still running are not seen: when the last dates of a
+    -- batch finish at once, none of their transactions sees it settled, and the daemon's call after its commit
+    -- (batch_end_settled) ends it.
+    ending := ARRAY(SELECT l.id FROM datesync.batch_live l
+                    WHERE l.id IN (SELECT c.batch_id FROM unnest(changed || claimed) c
+                                   WHERE c.state NOT IN ('running', 'queued', 'waiting'))
+                      AND l.state = 'running' AND l.queued = 0 AND l.running = 0 AND l.waiting = 0);
+    IF ending <> '{}' THEN
+        ending := datesync.batch_fold(ending, true);
+    END IF;
+
     -- Last (see event_serialize): the "running" event of the batch this transaction expanded (p_started), one
-    -- event per task row with its batch's counts, then the final event of each batch whose last date this call
-    -- settled, which it ends in the same statement.
+    -- event per task row with its batch's live counts (as this transaction sees them), then the final event of
+    -- each batch ended here, in the same statement.
     -- datesync.engine_on() and _off(), inlined: each call of a SQL function is planned anew (3 % of a round).
     PERFORM set_config('datesync.engine', 'on', true);
     WITH e AS (
         UPDATE datesync.batch b
         SET state = datesync.batch_end_state(b.cancel_requested, b.failed), finished_at = now()
-        WHERE b.id IN (SELECT c.batch_id FROM unnest(changed || claimed) c WHERE c.state NOT IN ('running', 'queued'))
-          AND b.state = 'running' AND b.queued = 0 AND b.running = 0 AND b.waiting = 0
+        WHERE b.id = ANY(ending) AND b.state = 'running' AND b.queued = 0 AND b.running = 0 AND b.waiting = 0
         RETURNING b.*
     ), logged AS (
         INSERT INTO datesync.event (batch_id, task_id, day, kind, state, attempt, error, data)
@@ -303,7 +371,7 @@ BEGIN
                    jsonb_build_object('counts', jsonb_build_object(
                        'waiting', b.waiting, 'queued', b.queued, 'running', b.running, 'succeeded', b.succeeded,
                        'failed', b.failed, 'skipped', b.skipped, 'cancelled', b.cancelled, 'days', b.days)) AS data
-            FROM unnest(changed || claimed) t JOIN datesync.batch b ON b.id = t.batch_id
+            FROM unnest(changed || claimed) t JOIN datesync.batch_live b ON b.id = t.batch_id
             UNION ALL
             -- Days that a re-synced upstream date made stale, in the re-sync's batch.
             SELECT 1, (x ->> 'batch_id')::bigint, NULL, (x ->> 'day')::date, 'day', 'stale', NULL, NULL,

@@ -152,25 +152,39 @@ BEGIN
     PERFORM datesync.engine_off();
 END $$;
 
--- End the given running batches that have nothing queued or running; log their final event. Returns them.
+-- End the given running batches that have nothing waiting, queued or running; log their final event. Returns them.
+-- Called after a commit, by a daemon that finished dates of these batches and holds none of them any more (the last
+-- dates of a batch finished at once: see task_finish), and by the catch-up scan. The batch rows are folded under
+-- their locks first (datesync.batch_fold); a row another transaction holds is waited for, but not for long: one held
+-- by an operator's open transaction is left to the next scan.
 CREATE OR REPLACE FUNCTION datesync.batch_end_settled(p_ids bigint[])
 RETURNS TABLE (id bigint, state text, days integer, succeeded integer, failed integer, skipped integer,
                cancelled integer)
 LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
+SET lock_timeout = '2s'
 AS $$
 #variable_conflict use_column
 DECLARE
+    settled bigint[];
     ended datesync.batch[];
 BEGIN
+    settled := ARRAY(SELECT l.id FROM datesync.batch_live l
+                     WHERE l.id = ANY(p_ids) AND l.state = 'running' AND l.queued = 0 AND l.running = 0
+                       AND l.waiting = 0);
+    IF settled = '{}' THEN
+        RETURN;
+    END IF;
+    BEGIN
+        settled := datesync.batch_fold(settled, false);
+    EXCEPTION WHEN lock_not_available THEN
+        RETURN;
+    END;
     PERFORM datesync.engine_on();
     WITH e AS (
         UPDATE datesync.batch b
         SET state = datesync.batch_end_state(b.cancel_requested, b.failed), finished_at = now()
-        WHERE b.id IN (SELECT x.id FROM datesync.batch x
-                       WHERE x.id = ANY(p_ids) AND x.state = 'running' AND x.queued = 0 AND x.running = 0
-                         AND x.waiting = 0
-                       ORDER BY x.id FOR UPDATE SKIP LOCKED)
+        WHERE b.id = ANY(settled) AND b.state = 'running' AND b.queued = 0 AND b.running = 0 AND b.waiting = 0
         RETURNING b.*
     )
     SELECT array_agg(e ORDER BY e.id) INTO ended FROM e;

@@ -96,8 +96,8 @@ FROM days, tasks, unexpanded;
 
 -- name: batch_count_unfinished
 -- The queue for /metrics: unfinished batches and their queued and running dates, by state. One round trip,
--- proportional to the unfinished batches, not their dates (batch rows carry live counts; batch_progress counts a
--- batch not yet expanded as all queued); the WHERE clause matches the partial index batch_unfinished.
+-- proportional to the unfinished batches, not their dates (batch_progress: the batch rows' counts plus the changes
+-- not folded into them yet; a batch not yet expanded counts as all queued); the WHERE clause matches the partial index batch_unfinished.
 SELECT state::text AS state, count(*) AS batches, coalesce(sum(queued), 0) AS queued,
        coalesce(sum(running), 0) AS running
 FROM datesync.batch_progress

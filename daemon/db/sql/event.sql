@@ -1,5 +1,5 @@
--- The progress log. Insert events last in a transaction: the insert takes the lock that keeps ids in commit
--- order (see datesync.event_serialize), and it is held until commit.
+-- The progress log. Insert events last in a transaction: the insert takes the event lock (shared; see
+-- datesync.event_serialize), held until commit, and readers' horizon waits for it.
 
 -- name: event_log_tasks
 -- One event per task just moved by this transaction (ids $1), and per date the moves released or failed
