@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import datetime
 from collections.abc import Iterable, Sequence
@@ -9,7 +11,7 @@ from collections.abc import Iterable, Sequence
 import asyncpg
 import structlog
 
-from datesync.daemon.db.connect import Conn
+from datesync.daemon.db.connect import DB_ERRORS, Conn
 from datesync.daemon.db.queries import q
 from datesync.daemon.sync.outcome import Kind, Outcome
 
@@ -40,6 +42,50 @@ async def _insert_task_events(conn: Conn, rows: Sequence[asyncpg.Record]) -> Non
     await conn.execute(q("event_log_tasks"), [r["id"] for r in rows])
 
 
+NUDGE_ERRORS: tuple[type[BaseException], ...] = (*DB_ERRORS, asyncpg.InterfaceError)  # a pool closing too
+
+
+class EventNudge:
+    """NOTIFY datesync_event for the hot path's events, after their commits. A transaction that NOTIFYs holds a
+    server-wide lock through its commit (PostgreSQL queues notifications in commit order), which made every finish of
+    every daemon wait for the previous one's flush; the hot path's own transactions therefore send none (p_notify
+    false), and this sends one for however many commits happened while the previous one was on its way: at most one
+    in flight, and at most one per INTERVAL. It is only a wake-up: a lost one costs readers their safety poll."""
+
+    INTERVAL = 0.05  # seconds: during a burst, the event stream waits at most this long for its wake-up
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self._pending = False
+        self._task: asyncio.Task[None] | None = None
+
+    def soon(self) -> None:
+        self._pending = True
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._send(), name="event-nudge")
+
+    async def _send(self) -> None:
+        while self._pending:
+            self._pending = False
+            try:
+                async with self.pool.acquire() as conn:
+                    await conn.execute("SELECT pg_notify('datesync_event', '')")
+            except NUDGE_ERRORS as exc:
+                log.debug("event_nudge_failed", error=f"{type(exc).__name__}: {exc}")
+                return
+            await asyncio.sleep(self.INTERVAL)
+
+    async def close(self, wait: float = 1.0) -> None:
+        """Let the last nudge go out (the final events of a stopping daemon), for at most `wait` seconds."""
+        if self._task is None:
+            return
+        done, _ = await asyncio.wait({self._task}, timeout=wait)
+        if not done:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
 class Store:
     """Every statement the daemon runs, against one pool."""
 
@@ -47,6 +93,7 @@ class Store:
         self.pool = pool
         self.worker = worker
         self.lease = lease
+        self.nudge = EventNudge(pool)
 
     async def expand_next_batch(
         self, max_attempts: int, claim_limit: int, sources: Sequence[str]
@@ -65,6 +112,8 @@ class Store:
                     break
                 log.warning("batch_refused", batch_id=refused["id"], source=refused["source"],
                             error=refused["error"])
+        if rows:
+            self.nudge.soon()
         expanded = next((r for r in rows if r["kind"] == "expanded"), None)
         return expanded, [_claimed(r) for r in rows if r["kind"] == "claimed"]
 
@@ -73,6 +122,8 @@ class Store:
         One round trip: the claim, the day rows, the events and any batch it ends are one statement."""
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(q("task_claim"), self.worker, limit, self.lease, list(sources))
+        if rows:
+            self.nudge.soon()
         return [_claimed(r) for r in rows]
 
     async def finish(
@@ -100,6 +151,8 @@ class Store:
                 self.lease,
                 list(sources),
             )
+        if rows:
+            self.nudge.soon()
         return [r for r in rows if r["kind"] == "finished"], [_claimed(r) for r in rows if r["kind"] == "claimed"]
 
     async def analyze_tasks(self) -> None:

@@ -185,6 +185,7 @@ class Daemon:
             for task in [main, *side, *extra]:
                 task.cancel()
             await asyncio.gather(main, *side, *extra, return_exceptions=True)
+            await self.store.nudge.close()
             for handler in self.handlers.values():
                 if handler.close is not None:
                     await self._close_handler(handler.close)

@@ -167,12 +167,14 @@ CREATE OR REPLACE TRIGGER task_count_delete AFTER DELETE ON datesync.task
     REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION datesync.task_count_delete();
 
 -- Claiming alone is the same call with no outcomes.
-CREATE OR REPLACE FUNCTION datesync.task_claim(p_worker text, p_limit integer, p_lease float8, p_sources text[])
+DROP FUNCTION IF EXISTS datesync.task_claim(text, integer, float8, text[]);  -- before p_notify
+CREATE OR REPLACE FUNCTION datesync.task_claim(p_worker text, p_limit integer, p_lease float8, p_sources text[],
+                                               p_notify boolean DEFAULT true)
 RETURNS TABLE (kind text, id bigint, batch_id bigint, source text, day date, state text, attempt integer,
                max_attempts integer, batch_state text, batch_created_at timestamptz)
 LANGUAGE sql AS $$
     SELECT * FROM datesync.task_finish(p_worker, '{}', '{}', '{}', '{}', '{}', '{}', '{}', p_limit, p_lease,
-                                       p_sources);
+                                       p_sources, NULL, p_notify);
 $$;
 
 -- The state a settled batch (nothing queued or running) ends in; task_finish and batch_end_settled end batches.
@@ -198,11 +200,14 @@ $$;
 -- p_started is the batch this transaction expanded (batch_expand_claim): its "running" event comes first, in the
 -- same INSERT. Writing it earlier, before the claim, would hold the event lock while the claim may wait on another
 -- daemon's claim of the same date, which waits for the event lock: a deadlock.
+-- p_notify = false: the caller NOTIFYs datesync_event itself after its commit (see datesync.notify).
+DROP FUNCTION IF EXISTS datesync.task_finish(text, bigint[], integer[], text[], text[], bigint[], float8[], bigint[],
+                                             integer, float8, text[], bigint);  -- before p_notify
 CREATE OR REPLACE FUNCTION datesync.task_finish(p_worker text, p_ids bigint[], p_attempts integer[],
                                    p_states text[], p_errors text[], p_rows bigint[],
                                    p_retry_in float8[], p_released bigint[],
                                    p_claim_limit integer, p_lease float8, p_sources text[],
-                                   p_started bigint DEFAULT NULL)
+                                   p_started bigint DEFAULT NULL, p_notify boolean DEFAULT true)
 RETURNS TABLE (kind text, id bigint, batch_id bigint, source text, day date, state text, attempt integer,
                max_attempts integer, batch_state text, batch_created_at timestamptz)
 LANGUAGE plpgsql
@@ -347,6 +352,9 @@ BEGIN
     -- each batch ended here, in the same statement.
     -- datesync.engine_on() and _off(), inlined: each call of a SQL function is planned anew (3 % of a round).
     PERFORM set_config('datesync.engine', 'on', true);
+    IF NOT p_notify THEN
+        PERFORM set_config('datesync.notify_after_commit', 'datesync_event', true);
+    END IF;
     WITH e AS (
         UPDATE datesync.batch b
         SET state = datesync.batch_end_state(b.cancel_requested, b.failed), finished_at = now()

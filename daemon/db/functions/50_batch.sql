@@ -354,7 +354,7 @@ $$;
 -- (Dropped first: CREATE OR REPLACE cannot add the `error` column to the result.)
 DROP FUNCTION IF EXISTS datesync.batch_expand_claim(integer, text, integer, float8, text[]);
 CREATE OR REPLACE FUNCTION datesync.batch_expand_claim(p_max_attempts integer, p_worker text, p_claim_limit integer,
-                                            p_lease float8, p_sources text[])
+                                            p_lease float8, p_sources text[], p_notify boolean DEFAULT true)
 RETURNS TABLE (kind text, id bigint, batch_id bigint, source text, day date, state text, attempt integer,
                max_attempts integer, batch_state text, batch_created_at timestamptz, days integer, tasks bigint,
                error text)
@@ -420,7 +420,7 @@ BEGIN
     RETURN QUERY
         SELECT f.*, NULL::integer, NULL::bigint, NULL::text
         FROM datesync.task_finish(p_worker, '{}', '{}', '{}', '{}', '{}', '{}', '{}', p_claim_limit, p_lease,
-                                  p_sources, b.id) f;
+                                  p_sources, b.id, p_notify) f;
     RETURN QUERY SELECT 'expanded', b.id, b.id, b.source, NULL::date, 'running', NULL::integer, NULL::integer,
                         NULL::text, b.created_at, b.days, made, NULL::text;
 END $$;

@@ -15,7 +15,7 @@ SELECT * FROM datesync.batch_expand($1);
 -- The same, and claim up to $3 dates of sources $5 for daemon $2 (lease $4 s) in the same transaction
 -- (datesync.batch_expand_claim): the claimed rows as task_finish returns them, then the 'expanded' row; or only
 -- a 'refused' row (with its error) when the oldest batch holds a date the database refuses, which it failed.
-SELECT * FROM datesync.batch_expand_claim($1, $2, $3, $4, $5::text[]);
+SELECT * FROM datesync.batch_expand_claim($1, $2, $3, $4, $5::text[], false);  -- events NOTIFYed as task_claim's
 
 -- name: batch_cancel_requested
 -- Unfinished batches whose cancel was requested (from the API or psql).

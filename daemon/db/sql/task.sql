@@ -2,13 +2,15 @@
 
 -- name: task_claim
 -- Lease up to $2 runnable tasks of sources $4 to daemon $1 (datesync.task_claim in the schema); skipped dates
--- come back too, and batch_state is set when the call ended their batch.
-SELECT * FROM datesync.task_claim($1, $2, $3, $4::text[]);
+-- come back too, and batch_state is set when the call ended their batch. Its events are not NOTIFYed: the daemon
+-- does that after the commit (EventNudge in daemon/sync/store.py; why in datesync.notify).
+SELECT * FROM datesync.task_claim($1, $2, $3, $4::text[], false);
 
 -- name: task_finish
--- Record attempts' outcomes, hand back released tasks, and claim up to $8 new dates, in one transaction.
+-- Record attempts' outcomes, hand back released tasks, and claim up to $8 new dates, in one transaction. Its
+-- events are NOTIFYed by the daemon after the commit, as task_claim's.
 SELECT * FROM datesync.task_finish($1, $2::bigint[], $3::int[], $4::text[], $5::text[], $6::bigint[],
-                                   $7::float8[], $8::bigint[], $9, $10, $11::text[]);
+                                   $7::float8[], $8::bigint[], $9, $10, $11::text[], NULL, false);
 
 -- name: task_heartbeat
 -- Extend daemon $1's leases on tasks $3 (each at attempt $4): returns each one still held and whether its batch
