@@ -182,3 +182,32 @@ async def test_a_reader_up_to_the_horizon_sees_every_event_once_in_order(
     assert seen == sorted(seen)
     assert len(seen) == len(set(seen))
     assert seen == sorted(committed)
+
+
+async def test_an_open_transaction_that_wrote_an_event_delays_a_reader_but_wedges_no_writer(
+        db: asyncpg.Connection, dsn: str) -> None:
+    """An operator's psql session inserted a batch (its trigger writes an event) and left the transaction open.
+    Before issue 20 every daemon's finish then waited on the event lock until it ended. Now a reader asking for
+    the horizon gives up after a second, and a writer queued behind that reader goes on as soon as it does."""
+    batch_id = await insert(db, "2026-02-01", "2026-02-01")
+    operator = await asyncpg.connect(dsn)
+    writer = await asyncpg.connect(dsn)
+    try:
+        tx = operator.transaction()
+        await tx.start()
+        await operator.execute("INSERT INTO datesync.batch (start_date, end_date) VALUES ('2026-01-01', '2026-01-01')")
+        reader = asyncio.create_task(db.fetchval("SELECT datesync.event_horizon()"))
+        await asyncio.sleep(0.1)  # the reader waits for the operator's transaction now
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.wait_for(writer.execute(
+            "INSERT INTO datesync.event (batch_id, kind, state) VALUES ($1, 'batch', 'running')", batch_id), 5)
+        assert loop.time() - started < 3
+        with pytest.raises(asyncpg.LockNotAvailableError):
+            await reader
+        await tx.commit()
+        assert await db.fetchval("SELECT datesync.event_horizon()") >= await db.fetchval(
+            "SELECT max(id) FROM datesync.event")
+    finally:
+        await operator.close()
+        await writer.close()

@@ -21,9 +21,10 @@ CREATE OR REPLACE TRIGGER event_serialize BEFORE INSERT ON datesync.event
 -- statement of its own, outside a transaction (the lock is held until the transaction ends), then read
 -- "id > last AND id <= horizon" in the next statement. It waits for the writers in flight (a commit's time), and
 -- writers that arrive meanwhile wait behind it, so readers call it once per read, not per row. A writer held open
--- (an operator's transaction that inserted a batch) makes it give up after lock_timeout, with an error: try again.
+-- (an operator's transaction that inserted a batch) makes it give up after a second, with an error (the reader
+-- tries again later): writers queued behind it wait that second, never for the open transaction.
 CREATE OR REPLACE FUNCTION datesync.event_horizon() RETURNS bigint LANGUAGE plpgsql
-SET lock_timeout = '5s'
+SET lock_timeout = '1s'
 AS $$
 BEGIN
     PERFORM pg_advisory_xact_lock(7355608, 1);
