@@ -51,11 +51,13 @@ KEYS = (
 # of each task's claim and finish reusable; and what a date costs once retention pruned its batch (its day row).
 # The open-loop POST probe's median and the rate it offered (1,000/s, lower under --quick), and the two drains whose
 # rates make drain_4daemons_ratio, with the lock-wait share of the one-daemon drain beside the four daemons' (what one
-# daemon's own connections wait for among themselves).
+# daemon's own connections wait for among themselves), and the transactions each drain wrote per date (transaction ids
+# handed out, over the dates: fewer dates per finish round with 5 dates in flight per daemon than with 20).
 EXTRA_KEYS = ("ref_pgbench_jobs_per_s", "drain_vs_pgbench", "post_requests_per_s", "bytes_per_date_written",
               "bytes_per_date_kept", "post_open_p50_ms", "post_open_rate", "drain_1x20_dates_per_s",
-              "drain_4x5_dates_per_s", "lock_wait_share_1daemon")
+              "drain_4x5_dates_per_s", "lock_wait_share_1daemon", "xacts_per_date_1x20", "xacts_per_date_4x5")
 STORAGE_TABLES = ["task", "event", "day"]
+XID_NEXT = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"  # the next transaction id to hand out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,13 +327,15 @@ async def measure_scale(scratch: Scratch, sizes: Sizes) -> tuple[dict[str, float
     conn = await asyncpg.connect(clean(scratch.direct))
     rates: dict[int, list[float]] = {1: [], 4: []}
     shares: dict[int, list[float]] = {1: [], 4: []}
+    xacts: dict[int, list[float]] = {1: [], 4: []}
     ratios: list[float] = []
     waits: dict[str, float] = {}
     try:
         for _ in range(sizes.repeats):
             for daemons in (1, 4):
-                rate, samples = await _drain_by(scratch, conn, daemons, 20 // daemons, sizes.scale_dates)
+                rate, samples, xids = await _drain_by(scratch, conn, daemons, 20 // daemons, sizes.scale_dates)
                 rates[daemons].append(rate)
+                xacts[daemons].append(xids / sizes.scale_dates)
                 shares[daemons].append(samples.lock_share)
                 if daemons == 4:
                     waits = {event: n / samples.active for event, n in samples.lock_waits.most_common()}
@@ -340,7 +344,9 @@ async def measure_scale(scratch: Scratch, sizes: Sizes) -> tuple[dict[str, float
         return {"drain_4daemons_ratio": statistics.median(ratios), "lock_wait_share": statistics.median(shares[4]),
                 "drain_1x20_dates_per_s": statistics.median(rates[1]),
                 "drain_4x5_dates_per_s": statistics.median(rates[4]),
-                "lock_wait_share_1daemon": statistics.median(shares[1])}, waits
+                "lock_wait_share_1daemon": statistics.median(shares[1]),
+                "xacts_per_date_1x20": statistics.median(xacts[1]),
+                "xacts_per_date_4x5": statistics.median(xacts[4])}, waits
     finally:
         await _reset(conn)
         await conn.close()
@@ -348,16 +354,18 @@ async def measure_scale(scratch: Scratch, sizes: Sizes) -> tuple[dict[str, float
 
 async def _drain_by(
     scratch: Scratch, conn: asyncpg.Connection, daemons: int, concurrency: int, dates: int
-) -> tuple[float, WaitSamples]:
+) -> tuple[float, WaitSamples, int]:
     """One batch of `dates` noop dates drained by `daemons` fresh daemon processes: dates per second from its
-    INSERT to its final state, and pg_stat_activity sampled every 10 ms meanwhile (on its own connection,
-    which also looks for the batch's end, so no other probe backend is in the samples)."""
+    INSERT to its final state, pg_stat_activity sampled every 10 ms meanwhile (on its own connection,
+    which also looks for the batch's end, so no other probe backend is in the samples), and how many transaction
+    ids the server handed out meanwhile (every writing transaction takes one)."""
     env = {"DATESYNC_HANDLER": "noop", "DATESYNC_CONCURRENCY": str(concurrency)}
     await _reset(conn)
     sampler = await asyncpg.connect(clean(scratch.direct))
     try:
         async with _daemons(scratch, env, daemons):
             await _daemon_ready(conn, daemons=daemons)
+            first_xid = await conn.fetchval(XID_NEXT)
             batch_id = await _insert_batch(conn, dates)
 
             async def final() -> bool:
@@ -365,9 +373,10 @@ async def _drain_by(
                 return state in ("succeeded", "failed", "cancelled")
 
             samples = await asyncio.wait_for(sample_waits(sampler, final), 600)
+            xids = int(await conn.fetchval(XID_NEXT)) - int(first_xid)
         seconds = await conn.fetchval(
             "SELECT extract(epoch FROM finished_at - created_at) FROM datesync.batch WHERE id = $1", batch_id)
-        return dates / float(seconds), samples
+        return dates / float(seconds), samples, xids
     finally:
         await sampler.close()
 

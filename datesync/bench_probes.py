@@ -114,9 +114,13 @@ async def open_loop(
 
 
 # The backends of this database that are running a statement, and which of them wait for a heavyweight lock
-# (wait_event_type 'Lock': a row, a transaction id, a relation, an advisory lock), by wait event.
+# (wait_event_type 'Lock': a row, a transaction id, a relation, an advisory lock), by wait event and the start of
+# the waiting statement (which of the engine's calls waits).
 WAITS = """
-SELECT wait_event_type = 'Lock' AS lock, coalesce(wait_event, '') AS event, count(*) AS n
+SELECT wait_event_type = 'Lock' AS lock,
+       CASE WHEN wait_event_type = 'Lock'
+            THEN wait_event || ': ' || left(regexp_replace(query, '\s+', ' ', 'g'), 48) ELSE '' END AS event,
+       count(*) AS n
 FROM pg_stat_activity
 WHERE datname = current_database() AND state = 'active' AND pid <> pg_backend_pid()
 GROUP BY 1, 2
@@ -126,7 +130,8 @@ GROUP BY 1, 2
 @dataclasses.dataclass
 class WaitSamples:
     active: int = 0  # active backends summed over the samples
-    lock_waits: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)  # by wait_event
+    # by wait_event and statement
+    lock_waits: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
 
     @property
     def lock_share(self) -> float:

@@ -47,3 +47,5 @@ def _every_key_with_its_sign(figures: dict[str, float]) -> None:
     assert all(v > 0 for k, v in figures.items() if k not in MAY_BE_ZERO), figures
     assert figures["lock_wait_share"] <= 1 and figures["lock_wait_share_1daemon"] <= 1, figures
     assert figures["post_tail_ratio"] >= 1, figures  # p99 over p50
+    # A date's claim and finish share transactions with other dates' (at most 20 in flight), and need a few at most.
+    assert 0 < figures["xacts_per_date_1x20"] < 5 and 0 < figures["xacts_per_date_4x5"] < 5, figures
