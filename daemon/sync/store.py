@@ -49,8 +49,12 @@ class EventNudge:
     """NOTIFY datesync_event for the hot path's events, after their commits. A transaction that NOTIFYs holds a
     server-wide lock through its commit (PostgreSQL queues notifications in commit order), which made every finish of
     every daemon wait for the previous one's flush; the hot path's own transactions therefore send none (p_notify
-    false), and this sends one for however many commits happened while the previous one was on its way: at most one
-    in flight, and at most one per INTERVAL. It is only a wake-up: a lost one costs readers their safety poll."""
+    false), and this sends one for however many commits happened while the previous one was on its way: the first
+    at once, then at most one per INTERVAL. Each is a transaction of its own with a commit to flush (a NOTIFY takes a
+    transaction id), hence the interval: measured with the bench's SSE probe (a date every 5 ms), the event stream's
+    p50 went from 1.5 ms (NOTIFY in the finish) to 2.2 ms at 2 ms, 4.3 ms at 10 ms and 6 ms at 50 ms, while the
+    transactions per date of a drain grew from 0.057 to 0.083 at 10 ms and 0.101 at 2 ms. It is only a wake-up: a
+    lost one costs readers their safety poll."""
 
     INTERVAL = 0.05  # seconds: during a burst, the event stream waits at most this long for its wake-up
 
