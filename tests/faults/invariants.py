@@ -169,8 +169,9 @@ async def _task_rules(conn: asyncpg.Connection, rules: Rules, report: Report, do
 
 
 async def _skip_rules(conn: asyncpg.Connection, p: list[str]) -> None:
-    """From the event log (in commit order): a date's status leaves `success` only through a claim, so a claim
-    whose previous claim-or-outcome event for that date was a success (or a skip) met a synced date, and a
+    """From the event log (ids follow causality: a transaction that saw another's commit writes larger ids, since
+    ids are handed out at the insert, before the commit): a date's status leaves `success` only through a claim,
+    so a claim whose previous claim-or-outcome event for that date was a success (or a skip) met a synced date, and a
     non-forced claim then must skip. (Events of one transaction are ordered by batch and date, not causally, so
     the converse, that each skip met a success, is checked from the tasks' finish times in _task_rules.)"""
     rows = await conn.fetch(
@@ -292,8 +293,8 @@ async def check_dependencies(conn: asyncpg.Connection) -> list[str]:
     """The invariants of issue 21 after a scenario has settled, for every dependency in datesync.dependency:
 
     - no date of a downstream source was claimed before a success of each of its upstream dates had committed
-      (the event log, in commit order: event_serialize), and no run of one started before a successful upstream
-      run had finished and its outcome been written (datesync_demo.run_log against the upstream task);
+      (the event log, whose ids follow causality: see _skip_rules), and no run of one started before a successful
+      upstream run had finished and its outcome been written (datesync_demo.run_log against the upstream task);
     - a downstream date failed without running names an upstream date of its window that had failed for good
       (committed before, or in the same transaction: its events are ordered by batch and date there), and has
       no run;
