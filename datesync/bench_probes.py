@@ -119,7 +119,7 @@ async def open_loop(
 WAITS = """
 SELECT wait_event_type = 'Lock' AS lock,
        CASE WHEN wait_event_type = 'Lock'
-            THEN wait_event || ': ' || left(regexp_replace(query, '\s+', ' ', 'g'), 48) ELSE '' END AS event,
+            THEN wait_event || ': ' || left(regexp_replace(query, '\\s+', ' ', 'g'), 48) ELSE '' END AS event,
        count(*) AS n
 FROM pg_stat_activity
 WHERE datname = current_database() AND state = 'active' AND pid <> pg_backend_pid()
