@@ -12,6 +12,9 @@ The server is the one `datesync bench` uses: DATABASE_URL's (DATABASE_DIRECT_URL
   * PgQueuer with its own defaults (pgq_drain.py --concurrency 0: batches of 10, no concurrency limit);
   * PgQueuer capped at 10 jobs in flight (pgq_drain.py --concurrency 10);
   * Procrastinate at concurrency 10 (procrastinate_drain.py; its own default is 1).
+Then, each round, the wake-up latency of both idle queues (insert commit to handler start, 200 samples): datesync's
+`measure_wake` and PgQueuer's (pgq_wake.py, the same method), alternated; the summary gives datesync's p50 over
+PgQueuer's (at or below 1: datesync wakes at least as fast).
 Each peer script runs in the peers' venv (PgQueuer and Procrastinate pinned in requirements.txt beside this file,
 apart from the project's dependencies) and makes and drops its own scratch database on the same server. Every
 ratio is the median of the per-round ratios, so that the machine's drift between rounds divides out.
@@ -29,7 +32,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from datesync.bench import measure_drain, scratch_database
+from datesync.bench import Sizes, measure_drain, measure_wake, scratch_database
 from datesync.daemon.runtime import database
 from datesync.daemon.settings import Settings
 
@@ -56,6 +59,18 @@ async def peer_drain(python: str, argv: list[str], dsn: str, jobs: int) -> float
     return float(summary["median_jobs_per_s"])
 
 
+async def peer_wake(python: str, dsn: str) -> float:
+    """PgQueuer's wake-up p50 in ms (pgq_wake.py in the peers' venv)."""
+    proc = await asyncio.create_subprocess_exec(
+        python, str(HERE / "pgq_wake.py"), "--dsn", dsn,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=HERE)
+    out, err = await asyncio.wait_for(proc.communicate(), 300)
+    lines = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines or not lines[-1].get("ok"):
+        raise RuntimeError(f"pgq_wake.py failed ({proc.returncode}): {err.decode()[-2000:]}")
+    return float(lines[-1]["wake_p50_ms"])
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     rates: dict[str, list[float]] = {name: [] for name in ("datesync_c10", *PEERS)}
     async with database(Settings.from_env(), own_embedded=False) as db, scratch_database(db) as scratch:
@@ -69,12 +84,24 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     rate = await peer_drain(args.peers_python, PEERS[name], db.direct_dsn, args.jobs)
                 rates[name].append(rate)
                 print(json.dumps({"round": round_ + 1, "queue": name, "per_s": round(rate, 1)}), flush=True)
+        wakes: dict[str, list[float]] = {"datesync": [], "pgqueuer": []}
+        for round_ in range(args.rounds):
+            for name in (["datesync", "pgqueuer"] if round_ % 2 == 0 else ["pgqueuer", "datesync"]):
+                if name == "datesync":
+                    p50 = (await measure_wake(scratch, Sizes()))["wake_p50_ms"]
+                else:
+                    p50 = await peer_wake(args.peers_python, db.direct_dsn)
+                wakes[name].append(p50)
+                print(json.dumps({"round": round_ + 1, "queue": name, "wake_p50_ms": round(p50, 3)}), flush=True)
     ours = rates["datesync_c10"]
     return {
         "summary": True, "rounds": args.rounds, "jobs": args.jobs,
         "median_per_s": {name: round(statistics.median(values), 1) for name, values in rates.items()},
         "datesync_over": {name: round(statistics.median(a / b for a, b in zip(ours, rates[name], strict=True)), 2)
                           for name in PEERS},
+        "wake_p50_ms": {name: round(statistics.median(values), 3) for name, values in wakes.items()},
+        "wake_datesync_over_pgqueuer": round(statistics.median(
+            a / b for a, b in zip(wakes["datesync"], wakes["pgqueuer"], strict=True)), 2),
     }
 
 
@@ -93,6 +120,9 @@ def main() -> int:
     for name, ratio in summary["datesync_over"].items():
         print(f"datesync / {name}: {ratio:.2f}x  ({summary['median_per_s']['datesync_c10']:,.0f} against "
               f"{summary['median_per_s'][name]:,.0f} per s, median of {args.rounds})")
+    print(f"wake p50, datesync / pgqueuer: {summary['wake_datesync_over_pgqueuer']:.2f}x  "
+          f"({summary['wake_p50_ms']['datesync']:.2f} against {summary['wake_p50_ms']['pgqueuer']:.2f} ms, "
+          f"median of {args.rounds}; at or below 1 is the aim)")
     return 0
 
 

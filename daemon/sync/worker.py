@@ -408,7 +408,17 @@ class Daemon:
             cleanup = asyncio.ensure_future(self._after_handler(conn, handler.session_safe, ended, gone))
             self._cleanups.add(cleanup)
             cleanup.add_done_callback(self._cleanups.discard)
-            await asyncio.shield(cleanup)
+            try:
+                await asyncio.shield(cleanup)
+            except asyncio.CancelledError:
+                # Our stop (a shutdown's grace over, a cancel) landed while the connection went back: the handler
+                # had already ended, so its outcome stands. Handed back instead, a success already committed would
+                # run again (the fault suite's "attempt 1 but 2 counted runs").
+                if not self._stopping_this_run(c):
+                    raise
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    task.uncancel()
         if ended.interrupted:
             return self._interrupted(c)
         if ended.timed_out:
@@ -457,6 +467,11 @@ class Daemon:
         times = self._lost_handbacks.get(c.id, 0) + 1
         self._lost_handbacks[c.id] = times
         return times <= MAX_LOST_HANDBACKS
+
+    def _stopping_this_run(self, c: Claimed) -> bool:
+        """We asked this run of `c` to stop (not a stale run of a date claimed again, not the process going down)."""
+        running = self.running.get(c.id)
+        return running is not None and running.task is asyncio.current_task() and running.stop_as is not None
 
     def _interrupted(self, c: Claimed) -> Outcome:
         """The outcome of a date we stopped (cancel, shutdown, lost lease); re-raise a cancel that was not ours."""
