@@ -229,6 +229,7 @@ DECLARE
     ended jsonb;
     moved jsonb;
     stale jsonb;
+    live datesync.batch_live[];
     ending bigint[];
 BEGIN
     WITH candidate AS (
@@ -339,7 +340,11 @@ BEGIN
     -- holds) and ended below. The outcomes of transactions still running are not seen: when the last dates of a
     -- batch finish at once, none of their transactions sees it settled, and the daemon's call after its commit
     -- (batch_end_settled) ends it.
-    ending := ARRAY(SELECT l.id FROM datesync.batch_live l
+    -- The touched batches' live counts are read once, here: a fold below moves counts into the batch row without
+    -- changing their sums, so the events' counts come from the same reading.
+    live := ARRAY(SELECT l FROM datesync.batch_live l
+                  WHERE l.id IN (SELECT c.batch_id FROM unnest(changed || claimed) c));
+    ending := ARRAY(SELECT l.id FROM unnest(live) l
                     WHERE l.id IN (SELECT c.batch_id FROM unnest(changed || claimed) c
                                    WHERE c.state NOT IN ('running', 'queued', 'waiting'))
                       AND l.state = 'running' AND l.queued = 0 AND l.running = 0 AND l.waiting = 0);
@@ -379,7 +384,7 @@ BEGIN
                    jsonb_build_object('counts', jsonb_build_object(
                        'waiting', b.waiting, 'queued', b.queued, 'running', b.running, 'succeeded', b.succeeded,
                        'failed', b.failed, 'skipped', b.skipped, 'cancelled', b.cancelled, 'days', b.days)) AS data
-            FROM unnest(changed || claimed) t JOIN datesync.batch_live b ON b.id = t.batch_id
+            FROM unnest(changed || claimed) t JOIN unnest(live) b ON b.id = t.batch_id
             UNION ALL
             -- Days that a re-synced upstream date made stale, in the re-sync's batch.
             SELECT 1, (x ->> 'batch_id')::bigint, NULL, (x ->> 'day')::date, 'day', 'stale', NULL, NULL,
