@@ -162,14 +162,20 @@ async def sigterm_mid_batch(dsn: str, seed: int, scale: Scale) -> Figures:
         # A handed-back attempt does not count: each date's attempts are its runs not cut short by a SIGTERM. A run
         # cut short records a CancelledError, or no end at all when its connection went back to the pool before the
         # demo handler's shielded update of its row ran (finished_at stays NULL: "cut short", in run_log's terms).
+        # A run whose own commit landed just as the stop cut it short is handed back all the same and runs again
+        # (at least once): it may count, but only as one of that date's hand-backs (its 'queued' events).
         for row in await conn.fetch(
             """
-            SELECT t.id, t.day, t.attempt,
-                   count(l.id) FILTER (WHERE l.finished_at IS NOT NULL
-                                         AND (l.error IS NULL OR l.error NOT LIKE 'CancelledError%')) AS counted
-            FROM datesync.task t LEFT JOIN datesync_demo.run_log l ON l.batch_id = t.batch_id AND l.day = t.day
-            GROUP BY t.id HAVING t.attempt <> count(l.id) FILTER (WHERE l.finished_at IS NOT NULL
-                                         AND (l.error IS NULL OR l.error NOT LIKE 'CancelledError%'))
+            SELECT t.id, t.day, t.attempt, r.counted, h.handbacks
+            FROM datesync.task t
+            CROSS JOIN LATERAL (
+                SELECT count(*) AS counted FROM datesync_demo.run_log l
+                WHERE l.batch_id = t.batch_id AND l.day = t.day AND l.finished_at IS NOT NULL
+                  AND (l.error IS NULL OR l.error NOT LIKE 'CancelledError%')) r
+            CROSS JOIN LATERAL (
+                SELECT count(*) AS handbacks FROM datesync.event e
+                WHERE e.task_id = t.id AND e.kind = 'task' AND e.state = 'queued') h
+            WHERE NOT (t.attempt <= r.counted AND r.counted <= t.attempt + h.handbacks)
             """
         ):
             fig.problems.append(f"task {row['id']} ({row['day']}) has attempt {row['attempt']} but "
