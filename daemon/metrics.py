@@ -18,7 +18,7 @@ WAKE_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 60))
 LISTENER_RECONNECTS = Counter(
     "datesync_listener_reconnects_total", "Times a LISTEN connection was re-established.", ["role"])
-RUNNING_HERE = Gauge("datesync_daemon_running_dates", "Dates running in this daemon now.")
+RUNNING_HERE = Gauge("datesync_daemon_running_dates", "Dates this daemon holds now (running, or leased ahead).")
 SSE_CLIENTS = Gauge("datesync_sse_clients", "Server-Sent Events clients connected to this process.")
 QUEUE = Gauge("datesync_tasks", "Tasks by state across the database (read at scrape time).", ["state"])
 BATCHES = Gauge("datesync_batches", "Unfinished batches by state (read at scrape time).", ["state"])

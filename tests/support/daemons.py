@@ -18,6 +18,7 @@ import asyncpg
 from datesync.daemon.db.connect import create_pool
 from datesync.daemon.settings import Settings
 from datesync.daemon.sync import handlers
+from datesync.daemon.sync.handlers.base import Handler
 from datesync.daemon.sync.worker import Daemon
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,11 +27,14 @@ FAST = Settings(retry_delay=0.05, poll_interval=2, lease=3)
 
 @contextlib.asynccontextmanager
 async def running_daemon(
-    dsn: str, settings: Settings = FAST, handler: str = "demo", worker_id: str | None = None, grace: float = 2.0
+    dsn: str, settings: Settings = FAST, handler: str | Handler = "demo", worker_id: str | None = None,
+    grace: float = 2.0,
 ) -> AsyncIterator[Daemon]:
-    """A Daemon running in this loop; stopped (gracefully) on exit."""
+    """A Daemon running in this loop, for source `default` (a handler by name, or one made by the test); stopped
+    (gracefully) on exit."""
     pool = await create_pool(dsn, settings.pool_size, "datesync-test-daemon")
-    daemon = Daemon(settings, pool, {"default": handlers.load(handler)}, dsn, worker_id=worker_id, grace=grace)
+    loaded = handler if isinstance(handler, Handler) else handlers.load(handler)
+    daemon = Daemon(settings, pool, {"default": loaded}, dsn, worker_id=worker_id, grace=grace)
     task = asyncio.create_task(daemon.run())
     try:
         await asyncio.wait_for(daemon.listener.connected.wait(), 10)

@@ -1,0 +1,93 @@
+"""Pipelined rounds (daemon/sync/worker.py, PIPELINE_*): a daemon with quick handlers and at least 8 slots leases
+dates ahead and writes a round while the previous one is in flight. Handlers still never run more than
+`concurrency` at once, a slow or small daemon never leases ahead, and a stop hands the dates leased ahead back
+without running them or counting an attempt."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+
+import asyncpg
+
+from datesync.daemon.sync.context import SyncContext
+from datesync.daemon.sync.handlers.base import Handler
+from datesync.daemon.sync.worker import PIPELINE_MIN_SLOTS
+from tests.support.daemons import FAST, counts_mismatch, insert, running_daemon, wait_batch_final
+from tests.support.waiting import wait_for
+
+LEASED = "SELECT count(*) FROM datesync.task WHERE state = 'running' AND lease_owner = $1"
+
+
+@dataclasses.dataclass
+class Probe:
+    """A handler that records how many of its calls run at once and the most dates its daemon had leased."""
+
+    seconds: float = 0.0
+    block_after: int | None = None  # calls after this many wait until cancelled
+    calls: int = 0
+    now: int = 0
+    most_at_once: int = 0
+    most_leased: int = 0
+
+    async def sync(self, day: datetime.date, ctx: SyncContext) -> int:
+        self.calls += 1
+        call = self.calls
+        self.now += 1
+        self.most_at_once = max(self.most_at_once, self.now)
+        try:
+            self.most_leased = max(self.most_leased, await ctx.db.fetchval(LEASED, ctx.worker))
+            if self.block_after is not None and call > self.block_after:
+                await asyncio.Event().wait()
+            await asyncio.sleep(self.seconds)
+            return 1
+        finally:
+            self.now -= 1
+
+    def handler(self) -> Handler:
+        return Handler(name="probe", sync=self.sync, session_safe=True)
+
+
+async def test_a_pipelined_daemon_leases_ahead_and_still_runs_at_most_its_slots(
+    db: asyncpg.Connection, dsn: str
+) -> None:
+    probe = Probe()
+    slots = PIPELINE_MIN_SLOTS
+    async with running_daemon(dsn, FAST.replace(concurrency=slots), handler=probe.handler()):
+        final = await wait_batch_final(db, await insert(db, "2024-01-01", "2024-09-30"), timeout=60)
+    assert (final["state"], final["succeeded"]) == ("succeeded", 274)
+    assert probe.calls == 274 and probe.most_at_once <= slots
+    assert probe.most_leased > slots  # it did lease ahead: the dates waiting for a slot are running in the database
+    assert await db.fetchval("SELECT count(*) FROM datesync.task WHERE attempt <> 1") == 0
+    assert await counts_mismatch(db) == []
+
+
+async def test_a_small_or_slow_daemon_never_leases_ahead(db: asyncpg.Connection, dsn: str) -> None:
+    small = Probe()
+    async with running_daemon(dsn, FAST.replace(concurrency=PIPELINE_MIN_SLOTS - 1), handler=small.handler()):
+        await wait_batch_final(db, await insert(db, "2024-01-01", "2024-03-31"), timeout=60)
+    assert small.calls == 91 and small.most_leased <= PIPELINE_MIN_SLOTS - 1
+
+    slow = Probe(seconds=0.08)
+    async with running_daemon(dsn, FAST.replace(concurrency=PIPELINE_MIN_SLOTS), handler=slow.handler()):
+        await wait_batch_final(db, await insert(db, "2023-01-01", "2023-02-28", force=True), timeout=60)
+    assert slow.calls == 59 and slow.most_leased <= PIPELINE_MIN_SLOTS
+
+
+async def test_a_stop_hands_the_dates_leased_ahead_back_unrun_and_uncounted(db: asyncpg.Connection, dsn: str) -> None:
+    slots = PIPELINE_MIN_SLOTS
+    probe = Probe(block_after=60)
+    async with running_daemon(dsn, FAST.replace(concurrency=slots), handler=probe.handler(), grace=0.3) as daemon:
+        batch_id = await insert(db, "2024-01-01", "2024-12-31")
+        # The slots are full of blocked dates, and as many more are leased ahead of them.
+        async def full() -> bool:
+            return probe.calls == 60 + slots and await db.fetchval(LEASED, daemon.worker) == 2 * slots
+
+        await wait_for(full, timeout=30)
+    assert probe.calls == 60 + slots  # the dates leased ahead never ran
+    rows = await db.fetch("SELECT state::text, attempt, count(*) FROM datesync.task WHERE batch_id = $1 "
+                          "GROUP BY 1, 2 ORDER BY 1, 2", batch_id)
+    # Handed back at the stop: queued, the attempt not counted (the blocked ones' and the ones leased ahead).
+    assert [tuple(r) for r in rows] == [("queued", 0, 366 - 60), ("succeeded", 1, 60)]
+    assert await counts_mismatch(db) == []
