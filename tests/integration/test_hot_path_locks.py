@@ -209,3 +209,23 @@ async def test_an_open_transaction_that_wrote_an_event_delays_a_reader_but_wedge
     await tx.commit()
     assert await db.fetchval("SELECT datesync.event_horizon()") >= await db.fetchval(
         "SELECT max(id) FROM datesync.event")
+
+
+async def test_an_expansion_notifies_the_other_daemons_only_when_it_leaves_dates_to_share(
+        db: asyncpg.Connection, connections: Connect) -> None:
+    # A NOTIFY costs its commit the server-wide notification lock and wakes every daemon, the expanding one too.
+    (listener,) = await connections(1)
+    heard: list[str] = []
+    await listener.add_listener("datesync_batch", lambda *args: heard.append(args[3]))
+    await insert(db, "2026-01-01", "2026-01-01")
+    await asyncio.sleep(0.2)
+    heard.clear()  # the INSERT's own
+    await db.fetch("SELECT * FROM datesync.batch_expand_claim(3, 'w', 5, 60, $1)", SOURCES)
+    await asyncio.sleep(0.2)
+    assert heard == []  # its one date was claimed in the same transaction: nothing left for another daemon
+    more = await insert(db, "2026-02-01", "2026-02-10")
+    await asyncio.sleep(0.2)
+    heard.clear()
+    await db.fetch("SELECT * FROM datesync.batch_expand_claim(3, 'w', 5, 60, $1)", SOURCES)
+    await asyncio.sleep(0.2)
+    assert heard == [str(more)]  # five dates left queued

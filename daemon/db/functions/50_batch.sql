@@ -413,14 +413,19 @@ BEGIN
             PERFORM datesync.dependency_note('datesync.moved', failed_now);
         END IF;
     END IF;
-    -- Wake the other daemons now that there are dates to share: the insert's NOTIFY may have reached them before
-    -- this expansion committed, when there was nothing to claim yet.
-    PERFORM pg_notify('datesync_batch', b.id::text);
     PERFORM datesync.engine_off();
     RETURN QUERY
         SELECT f.*, NULL::integer, NULL::bigint, NULL::text
         FROM datesync.task_finish(p_worker, '{}', '{}', '{}', '{}', '{}', '{}', '{}', p_claim_limit, p_lease,
                                   p_sources, b.id, p_notify) f;
+    -- Wake the other daemons if this transaction left dates to share: the insert's NOTIFY may have reached them
+    -- before it committed, when there was nothing to claim yet. A batch whose dates it claimed all (a one-date
+    -- batch, the common case) needs none: a NOTIFY costs its commit the server-wide notification lock, and wakes
+    -- every daemon, this one too, for a scan that finds nothing (the wake-up latency, issue 20). Dates released
+    -- later from waiting are NOTIFYed by their release (45_dependency.sql).
+    IF EXISTS (SELECT 1 FROM datesync.task t WHERE t.batch_id = b.id AND t.state = 'queued') THEN
+        PERFORM pg_notify('datesync_batch', b.id::text);
+    END IF;
     RETURN QUERY SELECT 'expanded', b.id, b.id, b.source, NULL::date, 'running', NULL::integer, NULL::integer,
                         NULL::text, b.created_at, b.days, made, NULL::text;
 END $$;
