@@ -277,7 +277,10 @@ class Daemon:
             if expanded is None:
                 break
             if claimed:
-                await asyncio.sleep(0)  # let the dates just claimed start before the look for another batch
+                # Let the dates just claimed reach their handlers before the look for another batch: a date's task
+                # starts its handler's own task (attempt.py), which starts on the loop's turn after that.
+                for _ in range(3):
+                    await asyncio.sleep(0)
             log.info("batch_expanded", batch_id=expanded["id"], days=expanded["days"], source=expanded["source"])
             if expanded["days"] >= ANALYZE_AFTER_DAYS and self._analyzing is None:
                 self._analyzing = asyncio.create_task(self._refresh_statistics(), name="analyze")
