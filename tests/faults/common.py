@@ -51,13 +51,16 @@ class Scale:
     dep_kills: int = 3  # SIGKILLs across it
     dep_linked: int = 0  # with_upstream requests among its batches (tiny race: see dependency_scenarios)
     dep_crash_rounds: int = 2  # SIGKILLs while an upstream success that releases dates commits
+    pipelined_dates: int = 6000  # quick dates drained by pipelined daemons (issue 20) while they are killed
+    pipelined_faults: int = 4  # SIGKILLs and SIGTERMs, alternately, across them
 
 
 SUITE = Scale()
 SOAK = Scale(
     kill_dates=400, kills=30, finish_kill_rounds=6, sigterms=6, overlap_batches=40, overlap_window=90,
     skew_dates=24, db_restarts=6, backend_kills=8, listener_kills=5, handler_dates=6, load_posts=500, load_sse=400,
-    corpus_rounds=3, dep_days=60, dep_kills=10, dep_linked=2, dep_crash_rounds=6,
+    corpus_rounds=3, dep_days=60, dep_kills=10, dep_linked=2, dep_crash_rounds=6, pipelined_dates=12000,
+    pipelined_faults=10,
 )
 
 

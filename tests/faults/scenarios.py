@@ -183,6 +183,48 @@ async def sigterm_mid_batch(dsn: str, seed: int, scale: Scale) -> Figures:
         return fig
 
 
+async def pipelined_kills(dsn: str, seed: int, scale: Scale) -> Figures:
+    """Three daemons at concurrency 10 with quick dates, so they pipeline their rounds (dates leased ahead and
+    waiting for a slot, two rounds in flight: daemon/sync/worker.py, PIPELINE_*), SIGKILLed and SIGTERMed
+    alternately at random moments, each replaced at once. A killed daemon's dates leased ahead wait for their
+    leases to expire like its running ones; a stopped daemon hands them back unrun."""
+    async with scenario("pipelined_kills", seed, dsn) as s:
+        rng, fig, conn = s.rng, s.fig, s.conn
+        fleet = await s.fleet({"DATESYNC_DEMO_DELAY_MS": "3", "DATESYNC_CONCURRENCY": "10", "DATESYNC_LEASE": "1",
+                               "DATESYNC_POLL_INTERVAL": "1", "DATESYNC_MAX_ATTEMPTS": "5",
+                               "DATESYNC_SHUTDOWN_GRACE": "0.2"})
+        for _ in range(3):
+            await fleet.spawn().wait_log("daemon_started")
+        n = scale.pipelined_dates
+        for first in range(-n, 0, 3000):  # batches of at most 3,000 days (the range limit is 3,660), in the past
+            await insert_batch(conn, day(first), day(min(first + 3000, 0) - 1))
+        most_held = 0
+        for i in range(scale.pipelined_faults):
+            deadline = time.monotonic() + rng.uniform(0.1, 0.4)
+            while time.monotonic() < deadline:  # the most dates one daemon holds, leased ahead ones included
+                most_held = max(most_held, await conn.fetchval(
+                    "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM datesync.task "
+                    "WHERE state = 'running' GROUP BY lease_owner) x"))
+                await asyncio.sleep(0.02)
+            if not await conn.fetchval("SELECT count(*) FROM datesync.batch WHERE state IN ('queued', 'running')"):
+                fig.problems.append(f"the batches ended after only {i} faults; give them more dates")
+                break
+            if i % 2 == 0:
+                await fleet.sigkill(rng.choice(fleet.alive()))
+            else:  # a daemon past its start-up: before it, SIGTERM kills the process as SIGKILL would
+                started = [p for p in fleet.alive() if "daemon_started" in p.log_text()]
+                code = await fleet.sigterm(rng.choice(started), timeout=15)
+                if code != 0:
+                    fig.problems.append(f"SIGTERM: exit code {code}")
+            fleet.spawn()
+        if most_held <= 10:
+            fig.problems.append(f"no daemon held more dates than its 10 slots (at most {most_held}): they did not "
+                                "pipeline, so this scenario tested nothing new; make the dates quicker")
+        await wait_all_final(dsn, 120)
+        await s.settle(fleet, invariants.Rules(max_attempts=5))
+        return fig
+
+
 async def overlapping_daemons(dsn: str, seed: int, scale: Scale) -> Figures:
     """Two to four daemons over many overlapping batches (random ranges, some forced, two dates that always
     fail), inserted while the daemons work: no date runs twice at once, skips follow the rules exactly."""
@@ -649,6 +691,7 @@ PROCESS_SCENARIOS: dict[str, Scenario] = {
     "random_kills": random_kills,
     "kill_during_finish": kill_during_finish,
     "sigterm_mid_batch": sigterm_mid_batch,
+    "pipelined_kills": pipelined_kills,
     "overlapping_daemons": overlapping_daemons,
     "skewed_clock": skewed_clock,
     "paused_daemon": paused_daemon,

@@ -28,6 +28,13 @@ async def test_sigterm_mid_batch_hands_dates_back_and_loses_nothing(dsn: str, se
     assert fig.sigterms >= SUITE.sigterms and fig.dates == 30
 
 
+@pytest.mark.timeout(180)
+async def test_pipelined_daemons_killed_and_stopped_mid_drain_lose_nothing(dsn: str, seed: int) -> None:
+    fig = await scenarios.pipelined_kills(dsn, seed, SUITE)
+    assert not fig.problems, fig.failure()
+    assert fig.kills + fig.sigterms == SUITE.pipelined_faults and fig.dates == SUITE.pipelined_dates
+
+
 async def test_two_to_four_daemons_over_overlapping_batches_never_overlap_a_date(dsn: str, seed: int) -> None:
     fig = await scenarios.overlapping_daemons(dsn, seed, SUITE)
     assert not fig.problems, fig.failure()
