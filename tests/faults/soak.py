@@ -47,8 +47,9 @@ SERVER_SCENARIOS: dict[str, ServerScenario] = {
 KNOWN_BUGS = {"stalled_heartbeat", "lone_daemon_leases", "forged_sql", "cancel_mid_batch", "takeover_latency",
               "idempotent_retry"}
 CATEGORIES = {  # the table's rows
-    "process": ("random_kills", "kill_during_finish", "sigterm_mid_batch", "overlapping_daemons", "skewed_clock",
-                "paused_daemon", "cancel_mid_batch", "takeover_latency", "lone_daemon_leases", "stalled_heartbeat"),
+    "process": ("random_kills", "kill_during_finish", "sigterm_mid_batch", "pipelined_kills", "overlapping_daemons",
+                "skewed_clock", "paused_daemon", "cancel_mid_batch", "takeover_latency", "lone_daemon_leases",
+                "stalled_heartbeat"),
     "database": ("database_restart", "restart_under_running_dates", "outage_longer_than_lease",
                  "backends_terminated", "listener_terminated",
                  "startup_waits_for_database", "startup_gives_up"),
