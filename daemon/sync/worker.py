@@ -62,8 +62,9 @@ FINISH_RETRY = Backoff(0.02, cap=5.0, factor=4.0)
 # one daemon used one core of each. While the recent handler runs average under PIPELINE_BELOW_S and a daemon has
 # at least PIPELINE_MIN_SLOTS slots, it leases up to `concurrency` dates ahead, which wait in it for a slot (handlers
 # still run at most `concurrency` at once), and writes a round while the previous one is in flight.
-# Measured (issue 20): one daemon at 20 drained 35-45 % faster, at 10 about 20 %; below 8 slots a round's fixed cost
-# is most of its work, and four daemons at 5 each gained nothing from a second round in flight but lock waits.
+# Measured (issue 20, alternated with the code before): one daemon at 10 drained a third faster, at 20 29-50 %;
+# below 8 slots a round's fixed cost is most of its work, and four daemons at 5 each gained nothing from a second
+# round in flight but lock waits.
 PIPELINE_BELOW_S = 0.05
 PIPELINE_MIN_SLOTS = 8
 ROUNDS_IN_FLIGHT = 2
@@ -133,8 +134,8 @@ class Daemon:
         # their dates any more, it asks the database to end them after its commit (_end_settled).
         self._maybe_settled: set[int] = set()
         self._analyzing: asyncio.Task[None] | None = None
-        # Slots promised to claims in flight (any lane, the loop's own claims), in all and per source, and the
-        # dates whose outcomes a write in flight carries: the claim that writes them counted their slots as free.
+        # Slots promised to claims in flight (the rounds', the loop's own), in all and per source, and the dates
+        # whose outcomes a round in flight carries: the claim of that round counted their slots as free.
         self._reserved = 0
         self._reserved_for: Counter[str] = Counter()
         self._writing: set[int] = set()
@@ -171,6 +172,11 @@ class Daemon:
     def listener_connected(self) -> bool:
         """Connected, or deliberately disconnected while idle so that the database may sleep."""
         return self.listener.connected.is_set() or self.listener.idle()
+
+    @property
+    def stopping(self) -> bool:
+        """Asked to stop (request_stop, or a crashed side task): no more claims."""
+        return self._stopping.is_set()
 
     @property
     def busy(self) -> bool:
@@ -328,8 +334,8 @@ class Daemon:
     @contextlib.contextmanager
     def _claiming(self, finishing: frozenset[int] = frozenset()) -> Iterator[tuple[list[str], int]]:
         """The sources and number of dates a claim may take, reserved until its dates are taken or it failed: the
-        loop and both lanes claim, each for the slots it sees free. A claim capped per source reserves its number
-        under each of its sources (it may take them all from any one)."""
+        loop and the rounds in flight claim, each for the slots it sees free. A claim capped per source reserves
+        its number under each of its sources (it may take them all from any one)."""
         sources, free = self._claimable_sources(finishing)
         free = max(free, 0)
         reserved_for = Counter(dict.fromkeys(sources, free))
@@ -646,16 +652,15 @@ class Daemon:
         return sum(1 for task_id in self.running if task_id not in self._writing)
 
     async def _write_round(self, batch: list[Outcome]) -> None:
-        """One round's write, beside the finisher; a failure that our retries do not cover stops the daemon, as a
-        crash of the finisher itself does."""
+        """One round's write, beside the finisher. A failure that our retries do not cover (a bug, not the
+        database) stops the daemon, as a crash of the finisher itself does; the round's dates give up their slots,
+        so that their leases run out and another daemon takes them, and the stop does not wait for them."""
         try:
             await self._write_outcomes(batch)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
+        except Exception as exc:
             log.error("daemon_side_task_crashed", task="finisher", exc_info=exc)
+            self._settle(batch, [])
             self.request_stop()
-            raise
         finally:
             self._rounds.release()
 

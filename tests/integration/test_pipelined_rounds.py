@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+from typing import NoReturn
 
 import asyncpg
 
@@ -90,4 +91,31 @@ async def test_a_stop_hands_the_dates_leased_ahead_back_unrun_and_uncounted(db: 
                           "GROUP BY 1, 2 ORDER BY 1, 2", batch_id)
     # Handed back at the stop: queued, the attempt not counted (the blocked ones' and the ones leased ahead).
     assert [tuple(r) for r in rows] == [("queued", 0, 366 - 60), ("succeeded", 1, 60)]
+    assert await counts_mismatch(db) == []
+
+
+async def test_a_round_that_fails_beyond_its_retries_stops_the_daemon(db: asyncpg.Connection, dsn: str) -> None:
+    """A round's write runs beside the finisher: a failure the write does not retry (a bug, not the database)
+    stops the daemon, as a crash of the finisher itself did, instead of dying unseen with its slots taken."""
+    probe = Probe()
+    settings = FAST.replace(concurrency=PIPELINE_MIN_SLOTS, lease=1)
+    async with running_daemon(dsn, settings, handler=probe.handler()) as daemon:
+        written = daemon.store.finish
+
+        async def broken(*args: object, **kwargs: object) -> NoReturn:
+            raise RuntimeError("a bug in a round")
+
+        daemon.store.finish = broken  # type: ignore[method-assign]
+        batch_id = await insert(db, "2024-01-01", "2024-01-05")
+
+        async def stopping() -> bool:
+            return daemon.stopping
+
+        await wait_for(stopping, timeout=10)
+        daemon.store.finish = written  # type: ignore[method-assign]
+    assert probe.calls >= 1
+    # The failed round's outcomes are lost with it, not its dates: their leases run out and another daemon runs them.
+    async with running_daemon(dsn, settings, handler=Probe().handler()):
+        final = await wait_batch_final(db, batch_id, timeout=30)
+    assert (final["state"], final["succeeded"]) == ("succeeded", 5)
     assert await counts_mismatch(db) == []
