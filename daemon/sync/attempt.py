@@ -65,13 +65,18 @@ async def run_handler(func: Callable[..., Awaitable[object]], *args: Any, timeou
     try:
         done, _ = await asyncio.wait({child}, timeout=timeout)
     except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None:
-            task.uncancel()  # absorbed here: later awaits of this task (the connection's reset) must not see it
+        absorb_cancel()  # later awaits of this task (the connection's reset) must not see it
         return Ended(interrupted=True, abandoned=not await _stop(child))
     if not done:
         return Ended(timed_out=True, abandoned=not await _stop(child))
     return _ended(child)
+
+
+def absorb_cancel() -> None:
+    """The current task's cancellation is handled here (it was ours): its later awaits must not see it again."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        task.uncancel()
 
 
 async def _guarded(func: Callable[..., Awaitable[object]], *args: Any) -> object:

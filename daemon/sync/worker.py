@@ -30,7 +30,15 @@ from datesync.daemon.backoff import Backoff
 from datesync.daemon.db.connect import DB_ERRORS as CONNECT_DB_ERRORS
 from datesync.daemon.listener import Listener
 from datesync.daemon.settings import Settings
-from datesync.daemon.sync.attempt import UNWIND_S, Ended, connection_gone, lost_connection, run_handler, terminate
+from datesync.daemon.sync.attempt import (
+    UNWIND_S,
+    Ended,
+    absorb_cancel,
+    connection_gone,
+    lost_connection,
+    run_handler,
+    terminate,
+)
 from datesync.daemon.sync.clean import error_text, row_count, traceback_text
 from datesync.daemon.sync.context import SyncContext
 from datesync.daemon.sync.handlers.base import Handler
@@ -338,7 +346,7 @@ class Daemon:
         its number under each of its sources (it may take them all from any one)."""
         sources, free = self._claimable_sources(finishing)
         free = max(free, 0)
-        reserved_for = Counter(dict.fromkeys(sources, free))
+        reserved_for = Counter(dict.fromkeys(sources, free)) if self.source_caps else Counter()
         self._reserved += free
         self._reserved_for += reserved_for
         self._writing |= finishing
@@ -469,9 +477,7 @@ class Daemon:
                 # run again (the fault suite's "attempt 1 but 2 counted runs").
                 if not self._stopping_this_run(c):
                     raise
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    task.uncancel()
+                absorb_cancel()
         if ended.interrupted:
             return self._interrupted(c)
         if ended.timed_out:
@@ -536,8 +542,7 @@ class Daemon:
             stop_as = running.stop_as if running is not None else None
         if stop_as is None:
             raise asyncio.CancelledError  # not ours: the process is going down hard
-        if task is not None and task.cancelling():
-            task.uncancel()
+        absorb_cancel()
         log.info("date_sync_interrupted", reason=stop_as.value)
         error = "cancelled: its batch was cancelled" if stop_as is Kind.CANCELLED else None
         return Outcome(c.id, c.batch_id, stop_as, c.attempt, error=error)
