@@ -1,7 +1,7 @@
-"""Pipelined rounds (daemon/sync/worker.py, PIPELINE_*): a daemon with quick handlers and at least 8 slots leases
-dates ahead and writes a round while the previous one is in flight. Handlers still never run more than
-`concurrency` at once, a slow or small daemon never leases ahead, and a stop hands the dates leased ahead back
-without running them or counting an attempt."""
+"""Pipelined rounds (daemon/sync/worker.py, PIPELINE_*, ROUND_FULL): a daemon with quick handlers leases dates
+ahead and writes a round while the previous one is in flight; a small one writes all the dates it holds in one
+round. Handlers still never run more than `concurrency` at once, a slow daemon never leases ahead, and a stop hands
+the dates leased ahead back without running them or counting an attempt."""
 
 from __future__ import annotations
 
@@ -14,11 +14,15 @@ import asyncpg
 
 from datesync.daemon.sync.context import SyncContext
 from datesync.daemon.sync.handlers.base import Handler
-from datesync.daemon.sync.worker import PIPELINE_MIN_SLOTS
+from datesync.daemon.sync.worker import ROUND_FULL
 from tests.support.daemons import FAST, counts_mismatch, insert, running_daemon, wait_batch_final
 from tests.support.waiting import wait_for
 
 LEASED = "SELECT count(*) FROM datesync.task WHERE state = 'running' AND lease_owner = $1"
+SLOTS = 8
+# Outcomes written by one transaction share its finished_at (now()): the largest round of a batch.
+LARGEST_ROUND = ("SELECT max(n) FROM (SELECT count(*) AS n FROM datesync.task WHERE batch_id = $1 "
+                 "GROUP BY finished_at) r")
 
 
 @dataclasses.dataclass
@@ -54,7 +58,7 @@ async def test_a_pipelined_daemon_leases_ahead_and_still_runs_at_most_its_slots(
     db: asyncpg.Connection, dsn: str
 ) -> None:
     probe = Probe()
-    slots = PIPELINE_MIN_SLOTS
+    slots = SLOTS
     async with running_daemon(dsn, FAST.replace(concurrency=slots), handler=probe.handler()):
         final = await wait_batch_final(db, await insert(db, "2024-01-01", "2024-09-30"), timeout=60)
     assert (final["state"], final["succeeded"]) == ("succeeded", 274)
@@ -64,20 +68,31 @@ async def test_a_pipelined_daemon_leases_ahead_and_still_runs_at_most_its_slots(
     assert await counts_mismatch(db) == []
 
 
-async def test_a_small_or_slow_daemon_never_leases_ahead(db: asyncpg.Connection, dsn: str) -> None:
+async def test_a_small_daemon_writes_all_the_dates_it_holds_in_one_round(db: asyncpg.Connection, dsn: str) -> None:
+    """A round's fixed cost is most of a small round's work: a daemon of 4 slots leases 4 ahead, and its rounds carry
+    up to all 8 (before, at most 4: one per slot)."""
     small = Probe()
-    async with running_daemon(dsn, FAST.replace(concurrency=PIPELINE_MIN_SLOTS - 1), handler=small.handler()):
-        await wait_batch_final(db, await insert(db, "2024-01-01", "2024-03-31"), timeout=60)
-    assert small.calls == 91 and small.most_leased <= PIPELINE_MIN_SLOTS - 1
+    slots = 4
+    async with running_daemon(dsn, FAST.replace(concurrency=slots), handler=small.handler()):
+        batch_id = await insert(db, "2024-01-01", "2024-03-31")
+        final = await wait_batch_final(db, batch_id, timeout=60)
+    assert (final["state"], final["succeeded"]) == ("succeeded", 91)
+    assert small.calls == 91 and small.most_at_once <= slots < small.most_leased
+    assert slots < await db.fetchval(LARGEST_ROUND, batch_id) <= min(2 * slots, ROUND_FULL)
+    assert await counts_mismatch(db) == []
 
+
+async def test_a_slow_daemon_never_leases_ahead(db: asyncpg.Connection, dsn: str) -> None:
     slow = Probe(seconds=0.08)
-    async with running_daemon(dsn, FAST.replace(concurrency=PIPELINE_MIN_SLOTS), handler=slow.handler()):
-        await wait_batch_final(db, await insert(db, "2023-01-01", "2023-02-28", force=True), timeout=60)
-    assert slow.calls == 59 and slow.most_leased <= PIPELINE_MIN_SLOTS
+    async with running_daemon(dsn, FAST.replace(concurrency=SLOTS), handler=slow.handler()):
+        batch_id = await insert(db, "2023-01-01", "2023-02-28", force=True)
+        await wait_batch_final(db, batch_id, timeout=60)
+    assert slow.calls == 59 and slow.most_leased <= SLOTS
+    assert await db.fetchval(LARGEST_ROUND, batch_id) <= SLOTS
 
 
 async def test_a_stop_hands_the_dates_leased_ahead_back_unrun_and_uncounted(db: asyncpg.Connection, dsn: str) -> None:
-    slots = PIPELINE_MIN_SLOTS
+    slots = SLOTS
     probe = Probe(block_after=60)
     async with running_daemon(dsn, FAST.replace(concurrency=slots), handler=probe.handler(), grace=0.3) as daemon:
         batch_id = await insert(db, "2024-01-01", "2024-12-31")
@@ -98,7 +113,7 @@ async def test_a_round_that_fails_beyond_its_retries_stops_the_daemon(db: asyncp
     """A round's write runs beside the finisher: a failure the write does not retry (a bug, not the database)
     stops the daemon, as a crash of the finisher itself did, instead of dying unseen with its slots taken."""
     probe = Probe()
-    settings = FAST.replace(concurrency=PIPELINE_MIN_SLOTS, lease=1)
+    settings = FAST.replace(concurrency=SLOTS, lease=1)
     async with running_daemon(dsn, settings, handler=probe.handler()) as daemon:
         written = daemon.store.finish
 
