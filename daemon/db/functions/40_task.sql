@@ -33,8 +33,13 @@ BEGIN
     END IF;
     RETURN NEW;
 END $$;
+-- The hot path's transitions (a claim, an outcome) are allowed by the WHEN condition alone: a function call per
+-- row was a tenth of a round's time (issue 20). Every other change of state goes through the function.
 CREATE OR REPLACE TRIGGER task_guard_update BEFORE UPDATE OF state ON datesync.task
-    FOR EACH ROW EXECUTE FUNCTION datesync.task_guard_update();
+    FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state AND NOT (
+        (OLD.state = 'queued' AND NEW.state IN ('running', 'skipped', 'cancelled'))
+        OR (OLD.state = 'running' AND NEW.state IN ('queued', 'succeeded', 'failed', 'cancelled'))))
+    EXECUTE FUNCTION datesync.task_guard_update();
 
 -- Batch counts follow every task transition, whoever makes it (the daemon, the API, a hand edit). An expansion's
 -- INSERT adds to the batch row it holds; every other statement inserts one row of changes per batch into
