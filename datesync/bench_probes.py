@@ -30,7 +30,12 @@ class KeepAliveClient:
         self.writer: asyncio.StreamWriter | None = None
 
     async def connect(self) -> None:
-        """Open the connection ahead of the first request, so that its set-up is not timed."""
+        """Open the connection ahead of the first request, so that its set-up is not timed; open it again if the
+        server closed it while it sat idle (its keep-alive timer, or its read deadline for a connection that never
+        sent a request: an open loop keeps more connections than it uses at a time)."""
+        if self.writer is not None and self.reader is not None and self.reader.at_eof():
+            self.writer.close()
+            self.reader = self.writer = None
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
 
@@ -40,7 +45,10 @@ class KeepAliveClient:
         body = json.dumps(payload).encode()
         self.writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
                           f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-        status = int((await self.reader.readline()).split()[1])
+        status_line = await self.reader.readline()
+        if not status_line:
+            raise RuntimeError("bench: the server closed a connection without answering a request")
+        status = int(status_line.split()[1])
         headers = {}
         while (line := await self.reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.decode().partition(":")
