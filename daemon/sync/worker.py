@@ -68,17 +68,19 @@ FINISH_RETRY = Backoff(0.02, cap=5.0, factor=4.0)
 # Pipelined rounds. A round (write outcomes, claim dates for the slots they free) is one transaction the daemon
 # waits for: with quick handlers the dates waited for the database, then the database for the dates, in turn, and
 # one daemon used one core of each. While the recent handler runs average under PIPELINE_BELOW_S, a daemon leases
-# up to `concurrency` dates ahead, which wait in it for a slot (handlers still run at most `concurrency` at once),
-# and writes a round while the previous one is in flight.
-# A round's fixed cost (about 0.9 ms of the database's time, against 0.16 ms per date) is most of a small round's
-# work, so a round carries up to ROUND_FULL outcomes: a daemon with at most ROUND_FULL dates held (5 slots and
-# fewer) writes them all in one round; a bigger one writes rounds of `concurrency`, two of which can overlap.
-# Measured (issue 20, alternated with the code before): one daemon at 10 drained a third faster, at 20 29-50 %;
-# rounds of all held dates made one daemon at 4 50 % faster and four daemons at 5 40 % faster (two half-size
-# rounds in flight instead gained nothing: the same fixed cost, twice as often).
+# dates ahead, which wait in it for a slot (handlers still run at most `concurrency` at once), and writes a round
+# while others are in flight.
+# A round's fixed cost (about 0.7 ms of the database's time, against 0.05 ms per date) is most of a small round's
+# work, so a small daemon (at most ROUND_FULL dates held: 5 slots and fewer) holds twice its slots and writes them
+# all in one round; a bigger one holds a slot's worth per round in flight (ROUNDS_IN_FLIGHT) and writes rounds of
+# `concurrency`, which overlap.
+# Measured (issue 20, alternated with the code before each step): two rounds in flight made one daemon at 10 a third
+# faster, at 20 29-50 %; three, 7 % more at 10 and 8 % at 20; rounds of all held dates made one daemon at 4 50 %
+# faster and four daemons at 5 40 % (two half-size rounds in flight instead gained nothing: the same fixed cost,
+# twice as often). A date leased ahead waits at most ROUNDS_IN_FLIGHT - 1 handler runs for its slot.
 PIPELINE_BELOW_S = 0.05
 ROUND_FULL = 10
-ROUNDS_IN_FLIGHT = 2
+ROUNDS_IN_FLIGHT = 3
 
 
 def new_worker_id() -> str:
@@ -364,12 +366,16 @@ class Daemon:
         return self._handler_s < PIPELINE_BELOW_S
 
     def _holdable(self) -> int:
-        """How many dates this daemon may hold: its slots, and as many leased ahead when pipelined."""
-        return self.settings.concurrency * (2 if self._pipelined() else 1)
+        """How many dates this daemon may hold: its slots, and when pipelined those leased ahead (see
+        ROUND_FULL)."""
+        slots = self.settings.concurrency
+        if not self._pipelined():
+            return slots
+        return 2 * slots if 2 * slots <= ROUND_FULL else ROUNDS_IN_FLIGHT * slots
 
     def _round_size(self) -> int:
         """The most outcomes one round carries: every date held while they are at most ROUND_FULL, else a slot's
-        worth each, so that two rounds in flight can both be full."""
+        worth each, so that the rounds in flight can all be full."""
         holdable = self._holdable()
         return holdable if holdable <= ROUND_FULL else self.settings.concurrency
 

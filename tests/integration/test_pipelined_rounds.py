@@ -14,7 +14,7 @@ import asyncpg
 
 from datesync.daemon.sync.context import SyncContext
 from datesync.daemon.sync.handlers.base import Handler
-from datesync.daemon.sync.worker import ROUND_FULL
+from datesync.daemon.sync.worker import ROUND_FULL, ROUNDS_IN_FLIGHT
 from tests.support.daemons import FAST, counts_mismatch, insert, running_daemon, wait_batch_final
 from tests.support.waiting import wait_for
 
@@ -96,9 +96,9 @@ async def test_a_stop_hands_the_dates_leased_ahead_back_unrun_and_uncounted(db: 
     probe = Probe(block_after=60)
     async with running_daemon(dsn, FAST.replace(concurrency=slots), handler=probe.handler(), grace=0.3) as daemon:
         batch_id = await insert(db, "2024-01-01", "2024-12-31")
-        # The slots are full of blocked dates, and as many more are leased ahead of them.
+        # The slots are full of blocked dates, and a slot's worth more per other round in flight is leased ahead.
         async def full() -> bool:
-            return probe.calls == 60 + slots and await db.fetchval(LEASED, daemon.worker) == 2 * slots
+            return probe.calls == 60 + slots and await db.fetchval(LEASED, daemon.worker) == ROUNDS_IN_FLIGHT * slots
 
         await wait_for(full, timeout=30)
     assert probe.calls == 60 + slots  # the dates leased ahead never ran
