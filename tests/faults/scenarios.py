@@ -185,7 +185,7 @@ async def sigterm_mid_batch(dsn: str, seed: int, scale: Scale) -> Figures:
 
 async def pipelined_kills(dsn: str, seed: int, scale: Scale) -> Figures:
     """Three daemons at concurrency 10 with quick dates, so they pipeline their rounds (dates leased ahead and
-    waiting for a slot, two rounds in flight: daemon/sync/worker.py, PIPELINE_*), SIGKILLed and SIGTERMed
+    waiting for a slot, rounds in flight: daemon/sync/worker.py, PIPELINE_*), SIGKILLed and SIGTERMed
     alternately at random moments, each replaced at once. A killed daemon's dates leased ahead wait for their
     leases to expire like its running ones; a stopped daemon hands them back unrun."""
     async with scenario("pipelined_kills", seed, dsn) as s:

@@ -1,5 +1,5 @@
 """Pipelined rounds (daemon/sync/worker.py, PIPELINE_*, ROUND_FULL): a daemon with quick handlers leases dates
-ahead and writes a round while the previous one is in flight; a small one writes all the dates it holds in one
+ahead and writes a round while others are in flight; a small one writes all the dates it holds in one
 round. Handlers still never run more than `concurrency` at once, a slow daemon never leases ahead, and a stop hands
 the dates leased ahead back without running them or counting an attempt."""
 
